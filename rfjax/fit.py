@@ -1,0 +1,283 @@
+"""The RF fit: size, stride and offset per axis from gradient supports.
+
+Per axis, every cell (or grid line) contributes the set of input rows (columns) where
+its gradient is non-zero. Cells whose support touches the image border may be clipped
+and are left out. From the rest:
+
+* size  = the largest extent ``max - min + 1`` (an extent, not a count, so RFs with
+  holes from dilation get their full size);
+* stride, offset = slope and intercept of the least-squares line through the support
+  centres ``(min + max + 1) / 2`` against the grid index;
+* padding ``P = size / 2 - offset`` (Araujo et al.).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from rfjax import engine
+from rfjax._types import HW, GradientMaps, ReceptiveField
+from rfjax.errors import RFError
+from rfjax.prepare import constant_input, linearize, prepare_params
+
+_PREPARE_HINT = "use prepare=True (linear activations, average pooling, constant positive weights)"
+
+
+class _TooSmall(Exception):
+    """Internal: no unclipped cell on an axis (the RF reaches past the input)."""
+
+    def __init__(self, axis: str, everywhere: bool):
+        super().__init__(axis)
+        self.axis = axis
+        self.everywhere = everywhere
+
+
+def _axis_fit(index: np.ndarray, supports: list[np.ndarray], n: int, axis: str):
+    """Fit one axis. ``supports[k]`` holds the input indices touched by entry ``k``,
+    whose grid index is ``index[k]``; ``n`` is the input length on this axis."""
+    lo = np.array([s[0] for s in supports], float)
+    hi = np.array([s[-1] for s in supports], float)
+    free = (lo > 0) & (hi < n - 1)
+    everywhere = bool(np.all((lo == 0) & (hi == n - 1)))
+    if np.unique(index[free]).size < 2:
+        raise _TooSmall(axis, everywhere)
+    centre = (lo[free] + hi[free] + 1) / 2
+    idx = index[free].astype(float)
+    a = np.stack([np.ones_like(idx), idx], axis=1)
+    (offset, stride), *_ = np.linalg.lstsq(a, centre, rcond=None)
+    resid = float(np.sqrt(np.mean((a @ np.array([offset, stride]) - centre) ** 2)))
+    size = float((hi[free] - lo[free] + 1).max())
+    return _clean(size), _clean(stride), _clean(offset), _clean(resid), free
+
+
+def _clean(v: float) -> float:
+    """Round away least-squares noise: RF quantities are multiples of 1/2 (or ratios)."""
+    r = round(float(v), 9)
+    return 0.0 if r == 0 else r
+
+
+def fit(
+    rows: tuple[np.ndarray, list[np.ndarray]],
+    cols: tuple[np.ndarray, list[np.ndarray]],
+    input_shape: HW,
+    output_shape: HW,
+    *,
+    method: str,
+    name: Any = None,
+) -> ReceptiveField:
+    """Fit a :class:`ReceptiveField` from per-axis supports.
+
+    Args:
+      rows: ``(grid row index per entry, input-row support per entry)``.
+      cols: the same for columns.
+    Raises ``_TooSmall`` when an axis has fewer than two unclipped grid indices.
+    """
+    sh, st_h, off_h, res_h, free_h = _axis_fit(rows[0], rows[1], int(input_shape.h), "h")
+    sw, st_w, off_w, res_w, free_w = _axis_fit(cols[0], cols[1], int(input_shape.w), "w")
+    if method == "cells":
+        used = int(np.sum(free_h & free_w))
+        total = len(free_h)
+    else:
+        used = int(free_h.sum() + free_w.sum())
+        total = len(free_h) + len(free_w)
+    return ReceptiveField(
+        size=HW(sh, sw),
+        stride=HW(st_h, st_w),
+        offset=HW(off_h, off_w),
+        padding=HW(_clean(sh / 2 - off_h), _clean(sw / 2 - off_w)),
+        input_shape=input_shape,
+        output_shape=output_shape,
+        cells_used=used,
+        cells_clipped=total - used,
+        residual=HW(res_h, res_w),
+        method=method,
+        name=name,
+    )
+
+
+def fit_maps(maps: GradientMaps) -> ReceptiveField:
+    """Fit the RF from per-cell gradient maps (``method="cells"``)."""
+    flat = maps.flat
+    nz = np.abs(flat) > 0
+    if nz.ndim == 4:
+        nz = nz.any(-1)
+    _check_maps(flat, nz, maps.name)
+    rows = [np.flatnonzero(m.any(axis=1)) for m in nz]
+    cols = [np.flatnonzero(m.any(axis=0)) for m in nz]
+    return fit(
+        (maps.cells[:, 0], rows), (maps.cells[:, 1], cols), maps.input_shape, maps.output_shape,
+        method="cells", name=maps.name,
+    )
+
+
+def _label(name: Any) -> str:
+    return "the output" if name is None else f"output {name!r}"
+
+
+def _check_maps(values: np.ndarray, nz: np.ndarray, name: Any) -> None:
+    nan = np.isnan(values).reshape(len(values), -1).any(axis=1)
+    if nan.any():
+        raise RFError(f"the input gradient of {_label(name)} is NaN for {int(nan.sum())} of {len(nan)} cells; {_PREPARE_HINT}.")
+    zero = ~nz.reshape(len(nz), -1).any(axis=1)
+    if zero.any():
+        raise RFError(
+            f"the input gradient of {_label(name)} is zero for {int(zero.sum())} of {len(zero)} cells "
+            f"(dead ReLUs or max pooling can block it); {_PREPARE_HINT}."
+        )
+
+
+# --------------------------------------------------------------------------- public
+
+
+def _resolve(model: Any, params: Any) -> tuple[Callable, Any, Callable | None]:
+    """Turn what the user passed into ``(fn(params, x) or fn(x), params, prepared_factory)``.
+
+    Accepts a plain JAX function (with or without ``params``), a Flax NNX module, a
+    Flax Linen module with its variables, or a converted model exposing ``apply``,
+    ``params`` and ``prepared()`` (see :mod:`converters`).
+    """
+    if hasattr(model, "prepared") and hasattr(model, "apply") and hasattr(model, "params"):
+        return model.apply, model.params if params is None else params, model.prepared
+    try:
+        from flax import nnx
+        from flax import linen as nn
+    except ImportError:  # pragma: no cover - flax is a core dependency
+        nnx = nn = None
+    if nnx is not None and isinstance(model, nnx.Module):
+        graphdef, state = nnx.split(model)
+        return _nnx_apply(graphdef), state, None
+    if nn is not None and isinstance(model, nn.Module):
+        if params is None:
+            raise RFError("params is missing: a Flax Linen module needs its variables, e.g. params=model.init(key, x).")
+        return model.apply, params, None
+    if not callable(model):
+        raise RFError(f"fn must be a JAX function, a Flax module or a converted model, not {type(model).__name__}.")
+    return model, params, None
+
+
+@functools.lru_cache(maxsize=64)
+def _prepared_fn(fn: Callable) -> Callable:
+    """Linearised ``fn`` (cached so repeated calls reuse the compiled program)."""
+    return linearize(fn)
+
+
+@functools.lru_cache(maxsize=64)
+def _nnx_apply(graphdef: Any) -> Callable:
+    """A stable ``fn(state, x)`` per NNX graph definition (so compiled programs are reused)."""
+    from flax import nnx
+
+    return lambda state, x: nnx.merge(graphdef, state)(x)
+
+
+def receptive_field(
+    fn: Any,
+    input_shape: Sequence[int] | None = None,
+    *,
+    params: Any = None,
+    x: Any = None,
+    prepare: bool = True,
+    method: str = "auto",
+    grow: bool = False,
+    max_input: int = 4096,
+    outputs: Sequence[str | int] | None = None,
+    channels: Any = None,
+) -> ReceptiveField | dict[Any, ReceptiveField]:
+    """Receptive field of every output cell of ``fn``, fitted per axis.
+
+    Args:
+      fn: a JAX function ``x (1, H, W, C) -> (1, Ho, Wo, Co)`` (or dict/list of such),
+        or ``fn(params, x)`` when ``params`` is given; a Flax NNX module; a Flax Linen
+        module with ``params=variables``; or a converted Keras model.
+      input_shape: ``(H, W, C)``; or pass ``x``.
+      params: parameter pytree for ``fn(params, x)``.
+      x: the input ``(H, W, C)`` to take gradients at; default a constant (ones).
+      prepare: apply the RF preparation (:mod:`rfjax.prepare`): linear activations,
+        average pooling, constant positive weights, zero biases, identity norms, a
+        constant input. ``False`` uses the real weights (and ``x``) as they are.
+      method: ``"lines"`` (one backward pass per grid row/column pair: fast, exact for
+        RFs that are a product of a row set and a column set, as in every conv/pool
+        network), ``"cells"`` (one gradient map per cell), or ``"auto"`` (lines when
+        prepared, cells otherwise, since real-weight gradients can cancel in sums).
+      grow: when the RF reaches past the input, double the input size (up to
+        ``max_input``) until cells with unclipped RFs exist. For fully convolutional
+        functions only.
+      outputs: which outputs of a dict/list-valued ``fn`` to fit; default all.
+      channels: output channels the masks cover (default all), as in
+        :func:`rfjax.gradient_maps`.
+
+    Returns:
+      A :class:`ReceptiveField`, or a dict of them for dict/list outputs.
+    """
+    if method not in ("auto", "lines", "cells"):
+        raise RFError(f"method={method!r} is not one of ('auto', 'lines', 'cells').")
+    base, params, prepared_factory = _resolve(fn, params)
+    if prepare:
+        if prepared_factory is not None:
+            prepared = prepared_factory()
+            base, params = prepared.apply, prepared.params
+        else:
+            params = None if params is None else prepare_params(params)
+            base = _prepared_fn(base)
+    shape = _input_shape(input_shape, x)
+    method = ("lines" if prepare else "cells") if method == "auto" else method
+    while True:
+        xin = constant_input(shape) if (x is None or tuple(np.shape(x))[-3:] != tuple(shape)) else x
+        try:
+            return _fit_all(base, params, xin, method, outputs, channels)
+        except _TooSmall as e:
+            if grow and x is None and max(shape[0], shape[1]) * 2 <= max_input:
+                shape = (shape[0] * 2, shape[1] * 2, shape[2])
+                continue
+            if e.everywhere:
+                raise RFError(
+                    f"every cell's RF covers the whole {shape[0]}x{shape[1]} input: either the RF is larger than "
+                    "the input (pass a larger input_shape or grow=True) or the output depends on the whole "
+                    "input (global pooling, squeeze-and-excitation), which has no finite RF."
+                ) from None
+            raise RFError(
+                f"the RF is larger than the {shape[0]}x{shape[1]} input along axis {e.axis} (fewer than two grid "
+                f"{'rows' if e.axis == 'h' else 'columns'} have an RF clear of the border); pass a larger "
+                "input_shape, or grow=True for a fully convolutional function."
+            ) from None
+
+
+def _input_shape(input_shape: Sequence[int] | None, x: Any) -> tuple[int, int, int]:
+    if input_shape is None and x is None:
+        raise RFError("input_shape is missing: pass input_shape=(H, W, C) or an input x.")
+    shape = tuple(np.shape(x))[-3:] if input_shape is None else tuple(input_shape)
+    if len(shape) != 3 or not all(isinstance(v, (int, np.integer)) and v > 0 for v in shape):
+        raise RFError(f"input_shape={tuple(shape)!r} must be three positive integers (H, W, C).")
+    return tuple(int(v) for v in shape)
+
+
+def _fit_all(fn: Callable, params: Any, x: Any, method: str, outputs, channels):
+    if method == "cells":
+        maps = engine.gradient_maps(fn, x, params=params, outputs=outputs, channels=channels, strategy="auto")
+        if isinstance(maps, GradientMaps):
+            return fit_maps(maps)
+        return {k: fit_maps(m) for k, m in maps.items()}
+    xb = engine._as_batch(x)
+    _, names, shapes = engine.output_shapes(engine.bind(fn, params), xb)
+    selected = engine._select_outputs(names, outputs)
+    chans = [engine._channel_vector(channels if k in selected else None, s[3], _label(names[k])) for k, s in enumerate(shapes)]
+    run = functools.partial(engine._run_slots, fn, params, xb, input_channels="abs_sum", chunk=None, n_devices=engine._device_count(None))
+    hw = HW(int(xb.shape[1]), int(xb.shape[2]))
+    out = {}
+    for k in selected:
+        grid = (shapes[k][1], shapes[k][2])
+
+        def run_lines(m: np.ndarray, k: int = k) -> np.ndarray:
+            g = run(engine._masks_for(shapes, k, m), chans)
+            _check_maps(g, np.abs(g) > 0, names[k])
+            return g
+
+        rows, cols = engine.line_supports(run_lines, grid)
+        out[names[k]] = fit(
+            (np.arange(grid[0]), rows), (np.arange(grid[1]), cols), hw, HW(*grid), method="lines", name=names[k]
+        )
+    return out[None] if names == [None] else out
+

@@ -13,6 +13,7 @@ from rfjax._types import HW, GradientMaps, ReceptiveField
 from rfjax.engine import gradient_maps
 from rfjax.errors import RFError
 from rfjax.fit import fit_maps, receptive_field
+from rfjax import prepare
 from rfjax.prepare import linearize, prepare_params
 
 __all__ = [

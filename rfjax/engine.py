@@ -91,6 +91,11 @@ def output_shapes(fn: Callable, x: jax.Array) -> tuple[Any, list[str | int | Non
                 f"{label} has shape {shape}; rfjax needs NHWC feature maps of shape (1, Ho, Wo, Co), "
                 "so request a spatial layer (not a pooled/flattened one)."
             )
+        if shape[1] < 1 or shape[2] < 1:
+            raise RFError(
+                f"{label} is empty ({shape[1]}x{shape[2]} cells) for a {x.shape[1]}x{x.shape[2]} input; "
+                "the input is too small for the network: pass a larger input_shape."
+            )
         shapes.append(shape)
     return struct, names, shapes
 
@@ -128,7 +133,7 @@ def _program(fn: Callable, with_params: bool, input_channels: InputChannels, n_d
 
     if n_devices <= 1:
         return jax.jit(run)
-    mesh = jax.make_mesh((n_devices,), ("slots",))
+    mesh = jax.make_mesh((n_devices,), ("slots",), axis_types=(jax.sharding.AxisType.Auto,))
     spec = jax.sharding.PartitionSpec
 
     def sharded(params, x, masks, chans):
@@ -465,11 +470,16 @@ def _packed(run: Callable, shapes: list, k: int, cells: np.ndarray, chans: list,
     packing would not pay (``force`` False) or a support escaped its rectangle."""
     grid = (shapes[k][1], shapes[k][2])
 
+    finite = []
+
     def run_lines(m: np.ndarray) -> np.ndarray:
         g = run(_masks_for(shapes, k, m), chans)
+        finite.append(bool(np.isfinite(g).all()))
         return g if g.ndim == 3 else np.abs(g).sum(-1)
 
     rows, cols = line_supports(run_lines, grid)
+    if not all(finite):  # NaN/inf supports cannot be cut apart: go dense
+        return None
     row_groups = _interval_groups([_span(r) for r in rows])
     col_groups = _interval_groups([_span(c) for c in cols])
     row_color = np.empty(grid[0], np.int64)

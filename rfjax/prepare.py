@@ -89,7 +89,7 @@ def _avg_window(eqn, x):
     p = eqn.params
     total = lax.reduce_window(
         x,
-        jnp.zeros((), x.dtype),
+        0.0,
         lax.add,
         p["window_dimensions"],
         p["window_strides"],

@@ -1,0 +1,129 @@
+"""The RF fit against hand-worked closed-form values (MISSION.md, Araujo et al.)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import linen as nn
+from jax import lax
+
+import rfjax
+from rfjax import HW, RFError
+from rfjax.models import readme_net
+
+DN = ("NHWC", "HWIO", "NHWC")
+METHODS = ["lines", "cells"]
+
+
+def conv(x, k, stride=(1, 1), dilation=(1, 1), padding="VALID", cout=2):
+    w = jnp.ones(tuple(k) + (x.shape[-1], cout), jnp.float32)
+    return lax.conv_general_dilated(x, w, stride, padding, rhs_dilation=dilation, dimension_numbers=DN)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_readme_network_of_receptivefield(method):
+    # MISSION.md: the receptivefield README network on 96x96x3 gives offset (17, 17),
+    # stride (4, 4), size 34x34 on a 16x16 grid.
+    rf = rfjax.receptive_field(readme_net(), (96, 96, 3), method=method)
+    assert rf.size == HW(34, 34) and rf.stride == HW(4, 4) and rf.offset == HW(17.0, 17.0)
+    assert rf.padding == HW(0, 0) and rf.output_shape == HW(16, 16) and rf.input_shape == HW(96, 96)
+    assert rf.residual == HW(0, 0) and rf.method == method
+    assert rf.cells_used > 0 and rf.cells_clipped > 0
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_non_square_kernel_and_per_axis_stride(method):
+    # one 5x3 valid conv with stride (2, 3): size (5, 3), stride (2, 3), cell 0 spans
+    # rows [0, 5) and columns [0, 3): offset (2.5, 1.5), padding 0.
+    rf = rfjax.receptive_field(lambda x: conv(x, (5, 3), (2, 3)), (21, 31, 1), method=method)
+    assert rf.size == HW(5, 3) and rf.stride == HW(2, 3) and rf.offset == HW(2.5, 1.5) and rf.padding == HW(0, 0)
+    assert rf.output_shape == HW(9, 10)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_same_padding(method):
+    # 3x3 'same', stride 1: cell 0 is centred on pixel 0 -> offset 0.5, P = 1.
+    rf = rfjax.receptive_field(lambda x: conv(x, (3, 3), padding="SAME"), (10, 12, 1), method=method)
+    assert rf.size == HW(3, 3) and rf.stride == HW(1, 1) and rf.offset == HW(0.5, 0.5) and rf.padding == HW(1, 1)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_asymmetric_same_padding_with_even_kernel_and_stride(method):
+    # TF/JAX 'same' on n=10, k=4, s=2: out 5, total pad (5-1)*2+4-10 = 2, top pad 1.
+    # Cell 0 covers pixels [-1, 3) -> centre 1.0, size 4, P = 1.
+    rf = rfjax.receptive_field(lambda x: conv(x, (4, 4), (2, 2), padding="SAME"), (10, 10, 1), method=method)
+    assert rf.size == HW(4, 4) and rf.stride == HW(2, 2) and rf.offset == HW(1.0, 1.0) and rf.padding == HW(1, 1)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_dilation_gives_an_extent_not_a_count(method):
+    # 3x3 kernel with dilation 3: taps at 0, 3, 6 -> extent 7 (only 3 rows are non-zero).
+    rf = rfjax.receptive_field(lambda x: conv(x, (3, 3), dilation=(3, 2)), (20, 20, 1), method=method)
+    assert rf.size == HW(7, 5) and rf.offset == HW(3.5, 2.5)
+
+
+def test_rf_larger_than_input_is_reported_and_grow_fixes_it():
+    def fn(x):  # five 7x7 valid convs: RF 31
+        for _ in range(5):
+            x = conv(x, (7, 7), cout=1)
+        return x
+
+    with pytest.raises(RFError, match=r"larger than the 32x32 input.*grow=True"):
+        rfjax.receptive_field(fn, (32, 32, 1))
+    rf = rfjax.receptive_field(fn, (32, 32, 1), grow=True)
+    assert rf.size == HW(31, 31) and rf.offset == HW(15.5, 15.5) and rf.input_shape == HW(64, 64)
+
+
+def relu_maxpool_net(params, x):
+    x = jax.nn.relu(conv(x, (3, 3)) @ params["c1"]["kernel"] + params["c1"]["bias"])
+    x = nn.max_pool(x, (2, 2), (2, 2))
+    return conv(x, (3, 3)) @ params["c2"]["kernel"]
+
+
+PARAMS = {
+    "c1": {"kernel": -np.eye(2, dtype=np.float32), "bias": -np.ones(2, np.float32)},
+    "c2": {"kernel": np.eye(2, dtype=np.float32)},
+}
+
+
+def test_preparation_recovers_the_rf_of_a_relu_maxpool_network():
+    # conv3 -> maxpool2 -> conv3: size 1 + 2 + 1 + 2*2 = 8, stride 2, offset 4.
+    # The real weights make every ReLU dead; the preparation must not care.
+    rf = rfjax.receptive_field(relu_maxpool_net, (20, 20, 1), params=PARAMS)
+    assert rf.size == HW(8, 8) and rf.stride == HW(2, 2) and rf.offset == HW(4.0, 4.0)
+
+
+def test_zero_gradient_without_preparation_names_the_fix():
+    with pytest.raises(RFError, match=r"gradient of the output is zero for 49 of 49 cells.*prepare=True"):
+        rfjax.receptive_field(relu_maxpool_net, (20, 20, 1), params=PARAMS, prepare=False)
+
+
+def test_nan_gradient_names_the_fix():
+    with pytest.raises(RFError, match=r"gradient of the output is NaN.*prepare=True"):
+        rfjax.receptive_field(lambda x: conv(x * jnp.nan, (3, 3)), (8, 8, 1), prepare=False)
+
+
+def test_linen_module_needs_its_variables():
+    model = nn.Conv(2, (3, 3), padding="VALID")
+    with pytest.raises(RFError, match="params is missing"):
+        rfjax.receptive_field(model, (8, 8, 1))
+    variables = model.init(jax.random.key(0), jnp.ones((1, 8, 8, 1)))
+    rf = rfjax.receptive_field(model, (8, 8, 1), params=variables)
+    assert rf.size == HW(3, 3) and rf.offset == HW(1.5, 1.5)
+
+
+def test_bad_input_shape_is_named():
+    with pytest.raises(RFError, match=r"input_shape=\(96, 96\) must be three positive integers"):
+        rfjax.receptive_field(readme_net(), (96, 96))
+    with pytest.raises(RFError, match="too small for the network"):
+        rfjax.receptive_field(readme_net(), (20, 20, 3))
+
+
+def test_several_outputs_each_get_their_rf():
+    def fn(x):
+        a = conv(x, (3, 3))
+        return {"a": a, "b": conv(a, (5, 5), (2, 2))}
+
+    rfs = rfjax.receptive_field(fn, (30, 30, 1))
+    assert rfs["a"].size == HW(3, 3) and rfs["a"].name == "a"
+    assert rfs["b"].size == HW(7, 7) and rfs["b"].stride == HW(2, 2) and rfs["b"].offset == HW(3.5, 3.5)

@@ -9,11 +9,11 @@ The public face; everything lives in small private-by-convention modules:
 * :mod:`rfjax.plot`     -- figures (imported lazily: ``import rfjax.plot``)
 """
 
+from rfjax import prepare  # noqa: F401 - rfjax.prepare.linearize etc.
 from rfjax._types import HW, GradientMaps, ReceptiveField
 from rfjax.engine import gradient_maps
 from rfjax.errors import RFError
 from rfjax.fit import fit_maps, receptive_field
-from rfjax import prepare
 from rfjax.prepare import linearize, prepare_params
 
 __all__ = [

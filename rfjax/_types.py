@@ -97,7 +97,7 @@ class ReceptiveField:
     output_shape: HW
     cells_used: int = 0
     cells_clipped: int = 0
-    residual: HW = HW(0.0, 0.0)
+    residual: HW = HW(0.0, 0.0)  # noqa: RUF009 - an immutable NamedTuple
     method: str = "cells"
     global_: bool = False
     name: str | int | None = None

@@ -251,38 +251,27 @@ def _one_hot(cells: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
     return m
 
 
-def _line_masks(grid: tuple[int, int], crosses: bool = True) -> np.ndarray:
-    """Masks over whole grid lines. With ``crosses`` slot ``k`` covers grid row ``k``
-    and grid column ``k`` together (``max(Ho, Wo)`` slots); otherwise the ``Ho`` rows
-    come first, then the ``Wo`` columns."""
+def _line_masks(grid: tuple[int, int]) -> np.ndarray:
+    """``max(Ho, Wo)`` masks: slot ``k`` covers grid row ``k`` and grid column ``k``."""
     ho, wo = grid
-    if crosses:
-        m = np.zeros((max(ho, wo), ho, wo, 1), np.float32)
-        for k in range(max(ho, wo)):
-            if k < ho:
-                m[k, k, :, 0] = 1.0
-            if k < wo:
-                m[k, :, k, 0] = 1.0
-        return m
-    m = np.zeros((ho + wo, ho, wo, 1), np.float32)
-    for i in range(ho):
-        m[i, i, :, 0] = 1.0
-    for j in range(wo):
-        m[ho + j, :, j, 0] = 1.0
+    m = np.zeros((max(ho, wo), ho, wo, 1), np.float32)
+    for k in range(max(ho, wo)):
+        if k < ho:
+            m[k, k, :, 0] = 1.0
+        if k < wo:
+            m[k, :, k, 0] = 1.0
     return m
 
 
-def line_supports(run_lines: Callable[[np.ndarray], np.ndarray], grid: tuple[int, int]):
-    """Input rows touched by each grid row and input columns touched by each grid column.
+def _read_crosses(nz: np.ndarray, grid: tuple[int, int]) -> tuple[list, list]:
+    """Row and column supports from the cross gradients' support ``nz`` ``(S, H, W)``.
 
-    ``run_lines(masks)`` returns the input gradients ``(S, H, W)`` of slot masks
-    ``(S, Ho, Wo, 1)``. A cross (row ``k`` + column ``k``) has support
-    ``Y_k x X_all  U  Y_all x X_k``, so ``Y_k`` is the set of rows present in every
-    non-empty input column, read off where column ``k``'s band leaves some column free;
-    lines where it does not are run again alone. Returns two lists of index arrays.
+    A cross (row ``k`` + column ``k``) has support ``Y_k x X_all  U  Y_all x X_k``, so
+    ``Y_k`` is the set of rows present in every non-empty input column, readable where
+    column ``k``'s band leaves some non-empty column free. Entries that cannot be read
+    this way are ``None`` (run those lines alone, see :func:`_single_line_masks`).
     """
     ho, wo = grid
-    nz = np.abs(run_lines(_line_masks(grid, crosses=True))) > 0
     rows: list[np.ndarray | None] = [None] * ho
     cols: list[np.ndarray | None] = [None] * wo
     for k in range(max(ho, wo)):
@@ -298,20 +287,44 @@ def line_supports(run_lines: Callable[[np.ndarray], np.ndarray], grid: tuple[int
                 rows[k] = np.flatnonzero(y)
             if y.sum() < row_any.sum():
                 cols[k] = np.flatnonzero(x)
-    redo_r = [i for i in range(ho) if rows[i] is None]
-    redo_c = [j for j in range(wo) if cols[j] is None]
-    if redo_r or redo_c:
-        m = np.zeros((len(redo_r) + len(redo_c), ho, wo, 1), np.float32)
-        for n, i in enumerate(redo_r):
-            m[n, i, :, 0] = 1.0
-        for n, j in enumerate(redo_c):
-            m[len(redo_r) + n, :, j, 0] = 1.0
-        again = np.abs(run_lines(m)) > 0
-        for n, i in enumerate(redo_r):
-            rows[i] = np.flatnonzero(again[n].any(axis=1))
-        for n, j in enumerate(redo_c):
-            cols[j] = np.flatnonzero(again[len(redo_r) + n].any(axis=0))
     return rows, cols
+
+
+def _single_line_masks(grid: tuple[int, int], rows: list, cols: list) -> tuple[np.ndarray, list[int], list[int]]:
+    """Masks for the grid rows/columns still unknown (``None``), one line per slot."""
+    redo_r = [i for i, r in enumerate(rows) if r is None]
+    redo_c = [j for j, c in enumerate(cols) if c is None]
+    m = np.zeros((len(redo_r) + len(redo_c),) + tuple(grid) + (1,), np.float32)
+    for n, i in enumerate(redo_r):
+        m[n, i, :, 0] = 1.0
+    for n, j in enumerate(redo_c):
+        m[len(redo_r) + n, :, j, 0] = 1.0
+    return m, redo_r, redo_c
+
+
+def _fill_single_lines(nz: np.ndarray, rows: list, cols: list, redo_r: list[int], redo_c: list[int]) -> None:
+    for n, i in enumerate(redo_r):
+        rows[i] = np.flatnonzero(nz[n].any(axis=1))
+    for n, j in enumerate(redo_c):
+        cols[j] = np.flatnonzero(nz[len(redo_r) + n].any(axis=0))
+
+
+def line_supports(run_many: Callable[[dict], dict], grids: dict) -> dict:
+    """Input rows touched by each grid row and input columns touched by each grid
+    column, for every output ``k`` in ``grids`` (``{k: (Ho, Wo)}``).
+
+    ``run_many({k: masks (S, Ho, Wo, 1)})`` returns ``{k: gradients (S, H, W)}`` from
+    one compiled call. Returns ``{k: (rows, cols)}``, lists of index arrays.
+    """
+    nz = {k: np.abs(g) > 0 for k, g in run_many({k: _line_masks(grid) for k, grid in grids.items()}).items()}
+    found = {k: _read_crosses(nz[k], grid) for k, grid in grids.items()}
+    redo = {k: _single_line_masks(grid, *found[k]) for k, grid in grids.items()}
+    pending = {k: r[0] for k, r in redo.items() if len(r[0])}
+    if pending:
+        again = run_many(pending)
+        for k in pending:
+            _fill_single_lines(np.abs(again[k]) > 0, *found[k], redo[k][1], redo[k][2])
+    return found
 
 
 def _interval_groups(spans: list[tuple[int, int]]) -> list[list[int]]:
@@ -407,14 +420,14 @@ def gradient_maps(
     if cotangents is not None:
         return _custom_cotangents(run, names, shapes, selected, cotangents, hw)
 
+    cell_arrs = {k: _cell_array(cells, (shapes[k][1], shapes[k][2]), _label(names[k])) for k in selected}
+    flats = _all_maps(run, shapes, chans, cell_arrs, strategy)
     results: dict[Any, GradientMaps] = {}
     for k in selected:
         grid = (shapes[k][1], shapes[k][2])
-        cell_arr = _cell_array(cells, grid, _label(names[k]))
-        flat = _maps_for_output(run, shapes, k, cell_arr, chans, strategy)
-        full = cells is None
-        maps = flat.reshape(grid + flat.shape[1:]) if full else flat
-        results[names[k]] = GradientMaps(maps, cell_arr, hw, HW(*grid), names[k])
+        flat = flats[k]
+        maps = flat.reshape(grid + flat.shape[1:]) if cells is None else flat
+        results[names[k]] = GradientMaps(maps, cell_arrs[k], hw, HW(*grid), names[k])
     if names == [None]:
         return results[None]
     return results
@@ -451,35 +464,36 @@ def _device_count(devices: int | None) -> int:
     return devices
 
 
-def _masks_for(shapes: list, k: int, m: np.ndarray) -> list[np.ndarray]:
-    """Slot masks for output ``k`` only (zeros for the other outputs)."""
-    return [m if o == k else np.zeros((m.shape[0], s[1], s[2], 1), np.float32) for o, s in enumerate(shapes)]
+def _run_many(run: Callable, shapes: list, chans: list, per_output: dict) -> dict:
+    """Slots of several outputs in one compiled call: ``{k: masks (S_k, Ho_k, Wo_k, 1)}``
+    -> ``{k: gradients (S_k, H, W[, C])}``. Each slot feeds only its own output."""
+    order = list(per_output)
+    total = sum(len(per_output[k]) for k in order)
+    masks = [np.zeros((total, s[1], s[2], 1), np.float32) for s in shapes]
+    start = 0
+    bounds = {}
+    for k in order:
+        n = len(per_output[k])
+        masks[k][start : start + n] = per_output[k]
+        bounds[k] = (start, start + n)
+        start += n
+    g = run(masks, chans)
+    return {k: g[a:b] for k, (a, b) in bounds.items()}
 
 
-def _maps_for_output(run: Callable, shapes: list, k: int, cells: np.ndarray, chans: list, strategy: str) -> np.ndarray:
-    grid = (shapes[k][1], shapes[k][2])
-    if strategy != "dense" and len(cells) > 1:
-        packed = _packed(run, shapes, k, cells, chans, strategy == "packed")
+def _all_maps(run: Callable, shapes: list, chans: list, cells: dict, strategy: str) -> dict:
+    """``{k: (n_k, H, W[, C])}`` for the requested ``cells[k]`` of every output ``k``."""
+    grids = {k: (shapes[k][1], shapes[k][2]) for k in cells}
+    if strategy != "dense" and all(len(c) > 1 for c in cells.values()):
+        packed = _packed(run, shapes, chans, cells, grids, strategy == "packed")
         if packed is not None:
             return packed
-    return run(_masks_for(shapes, k, _one_hot(cells, grid)), chans)
+    return _run_many(run, shapes, chans, {k: _one_hot(cells[k], grids[k]) for k in cells})
 
 
-def _packed(run: Callable, shapes: list, k: int, cells: np.ndarray, chans: list, force: bool) -> np.ndarray | None:
-    """Maps of ``cells`` with far-apart cells sharing a backward pass; ``None`` when
-    packing would not pay (``force`` False) or a support escaped its rectangle."""
-    grid = (shapes[k][1], shapes[k][2])
-
-    finite = []
-
-    def run_lines(m: np.ndarray) -> np.ndarray:
-        g = run(_masks_for(shapes, k, m), chans)
-        finite.append(bool(np.isfinite(g).all()))
-        return g if g.ndim == 3 else np.abs(g).sum(-1)
-
-    rows, cols = line_supports(run_lines, grid)
-    if not all(finite):  # NaN/inf supports cannot be cut apart: go dense
-        return None
+def _packing(rows: list, cols: list, grid: tuple[int, int], cells: np.ndarray):
+    """Slot of each cell (cells in one slot have disjoint RF rectangles) and the
+    rectangles ``(n, H, W)`` as boolean masks."""
     row_groups = _interval_groups([_span(r) for r in rows])
     col_groups = _interval_groups([_span(c) for c in cols])
     row_color = np.empty(grid[0], np.int64)
@@ -488,30 +502,58 @@ def _packed(run: Callable, shapes: list, k: int, cells: np.ndarray, chans: list,
         row_color[members] = g
     for g, members in enumerate(col_groups):
         col_color[members] = g
-    slot_of_cell = row_color[cells[:, 0]] * len(col_groups) + col_color[cells[:, 1]]
-    used, slot_of_cell = np.unique(slot_of_cell, return_inverse=True)
-    if not force and len(used) + max(grid) > (2 * len(cells)) // 3:
-        return None
-    masks = np.zeros((len(used),) + grid + (1,), np.float32)
-    masks[slot_of_cell, cells[:, 0], cells[:, 1], 0] = 1.0
-    g = run(_masks_for(shapes, k, masks), chans)
-    h, w = g.shape[1], g.shape[2]
-    row_in = np.zeros((grid[0], h), bool)
-    col_in = np.zeros((grid[1], w), bool)
+    slot = row_color[cells[:, 0]] * len(col_groups) + col_color[cells[:, 1]]
+    used, slot = np.unique(slot, return_inverse=True)
+    return len(used), slot
+
+
+def _rects(rows: list, cols: list, grid: tuple[int, int], cells: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    row_in = np.zeros((grid[0], hw[0]), bool)
+    col_in = np.zeros((grid[1], hw[1]), bool)
     for i, r in enumerate(rows):
         lo, hi = _span(r)
         row_in[i, lo : hi + 1] = True
     for j, c in enumerate(cols):
         lo, hi = _span(c)
         col_in[j, lo : hi + 1] = True
-    rect = row_in[cells[:, 0]][:, :, None] & col_in[cells[:, 1]][:, None, :]  # (n, H, W)
-    covered = np.zeros((len(used), h, w), bool)
-    np.logical_or.at(covered, slot_of_cell, rect)
-    support = np.abs(g) > 0 if g.ndim == 3 else (np.abs(g) > 0).any(-1)
-    if np.any(support & ~covered):
+    return row_in[cells[:, 0]][:, :, None] & col_in[cells[:, 1]][:, None, :]
+
+
+def _packed(run: Callable, shapes: list, chans: list, cells: dict, grids: dict, force: bool) -> dict | None:
+    """Maps with far-apart cells sharing a backward pass; ``None`` when packing would
+    not pay (and ``force`` is False), or when a gradient is not finite or escaped its
+    rectangle (then the caller runs one pass per cell)."""
+    finite = []
+
+    def run_lines(per_output: dict) -> dict:
+        out = _run_many(run, shapes, chans, per_output)
+        finite.extend(bool(np.isfinite(g).all()) for g in out.values())
+        return {k: g if g.ndim == 3 else np.abs(g).sum(-1) for k, g in out.items()}
+
+    lines = line_supports(run_lines, grids)
+    if not all(finite):
         return None
-    mask = rect if g.ndim == 3 else rect[..., None]
-    return np.where(mask, g[slot_of_cell], 0).astype(g.dtype)
+    plans = {k: _packing(*lines[k], grids[k], cells[k]) for k in cells}
+    n_slots = sum(p[0] for p in plans.values())
+    if not force and n_slots + sum(max(g) for g in grids.values()) > (2 * sum(map(len, cells.values()))) // 3:
+        return None
+    masks = {}
+    for k, (n, slot) in plans.items():
+        m = np.zeros((n,) + grids[k] + (1,), np.float32)
+        m[slot, cells[k][:, 0], cells[k][:, 1], 0] = 1.0
+        masks[k] = m
+    grads = _run_many(run, shapes, chans, masks)
+    out = {}
+    for k, g in grads.items():
+        n, slot = plans[k]
+        rect = _rects(*lines[k], grids[k], cells[k], g.shape[1:3])
+        covered = np.zeros((n,) + g.shape[1:3], bool)
+        np.logical_or.at(covered, slot, rect)
+        support = np.abs(g) > 0 if g.ndim == 3 else (np.abs(g) > 0).any(-1)
+        if np.any(support & ~covered):
+            return None
+        out[k] = np.where(rect if g.ndim == 3 else rect[..., None], g[slot], 0).astype(g.dtype)
+    return out
 
 
 def _custom_cotangents(run: Callable, names: list, shapes: list, selected: list[int], cotangents: Any, hw: HW):

@@ -143,8 +143,8 @@ def _resolve(model: Any, params: Any) -> tuple[Callable, Any, Callable | None]:
     if hasattr(model, "prepared") and hasattr(model, "apply") and hasattr(model, "params"):
         return model.apply, model.params if params is None else params, model.prepared
     try:
-        from flax import nnx
         from flax import linen as nn
+        from flax import nnx
     except ImportError:  # pragma: no cover - flax is a core dependency
         nnx = nn = None
     if nnx is not None and isinstance(model, nnx.Module):
@@ -266,18 +266,18 @@ def _fit_all(fn: Callable, params: Any, x: Any, method: str, outputs, channels):
     chans = [engine._channel_vector(channels if k in selected else None, s[3], _label(names[k])) for k, s in enumerate(shapes)]
     run = functools.partial(engine._run_slots, fn, params, xb, input_channels="abs_sum", chunk=None, n_devices=engine._device_count(None))
     hw = HW(int(xb.shape[1]), int(xb.shape[2]))
-    out = {}
-    for k in selected:
-        grid = (shapes[k][1], shapes[k][2])
+    grids = {k: (shapes[k][1], shapes[k][2]) for k in selected}
 
-        def run_lines(m: np.ndarray, k: int = k) -> np.ndarray:
-            g = run(engine._masks_for(shapes, k, m), chans)
+    def run_lines(per_output: dict) -> dict:
+        out = engine._run_many(run, shapes, chans, per_output)
+        for k, g in out.items():
             _check_maps(g, np.abs(g) > 0, names[k])
-            return g
+        return out
 
-        rows, cols = engine.line_supports(run_lines, grid)
-        out[names[k]] = fit(
-            (np.arange(grid[0]), rows), (np.arange(grid[1]), cols), hw, HW(*grid), method="lines", name=names[k]
-        )
+    lines = engine.line_supports(run_lines, grids)
+    out = {
+        names[k]: fit((np.arange(g[0]), lines[k][0]), (np.arange(g[1]), lines[k][1]), hw, HW(*g), method="lines", name=names[k])
+        for k, g in grids.items()
+    }
     return out[None] if names == [None] else out
 

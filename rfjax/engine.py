@@ -27,6 +27,7 @@ import numpy as np
 
 from rfjax._types import HW, GradientMaps
 from rfjax.errors import RFError
+from rfjax.lines import line_supports
 
 InputChannels = str  # "abs_sum" | "sum" | "keep"
 _INPUT_CHANNELS = ("abs_sum", "sum", "keep")
@@ -251,82 +252,6 @@ def _one_hot(cells: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
     return m
 
 
-def _line_masks(grid: tuple[int, int]) -> np.ndarray:
-    """``max(Ho, Wo)`` masks: slot ``k`` covers grid row ``k`` and grid column ``k``."""
-    ho, wo = grid
-    m = np.zeros((max(ho, wo), ho, wo, 1), np.float32)
-    for k in range(max(ho, wo)):
-        if k < ho:
-            m[k, k, :, 0] = 1.0
-        if k < wo:
-            m[k, :, k, 0] = 1.0
-    return m
-
-
-def _read_crosses(nz: np.ndarray, grid: tuple[int, int]) -> tuple[list, list]:
-    """Row and column supports from the cross gradients' support ``nz`` ``(S, H, W)``.
-
-    A cross (row ``k`` + column ``k``) has support ``Y_k x X_all  U  Y_all x X_k``, so
-    ``Y_k`` is the set of rows present in every non-empty input column, readable where
-    column ``k``'s band leaves some non-empty column free. Entries that cannot be read
-    this way are ``None`` (run those lines alone, see :func:`_single_line_masks`).
-    """
-    ho, wo = grid
-    rows: list[np.ndarray | None] = [None] * ho
-    cols: list[np.ndarray | None] = [None] * wo
-    for k in range(max(ho, wo)):
-        row_any, col_any = nz[k].any(axis=1), nz[k].any(axis=0)
-        if k < ho and k >= wo:
-            rows[k] = np.flatnonzero(row_any)
-        if k < wo and k >= ho:
-            cols[k] = np.flatnonzero(col_any)
-        if k < ho and k < wo:
-            y = nz[k][:, col_any].all(axis=1)
-            x = nz[k][row_any, :].all(axis=0)
-            if x.sum() < col_any.sum():  # some non-empty column lies outside X_k
-                rows[k] = np.flatnonzero(y)
-            if y.sum() < row_any.sum():
-                cols[k] = np.flatnonzero(x)
-    return rows, cols
-
-
-def _single_line_masks(grid: tuple[int, int], rows: list, cols: list) -> tuple[np.ndarray, list[int], list[int]]:
-    """Masks for the grid rows/columns still unknown (``None``), one line per slot."""
-    redo_r = [i for i, r in enumerate(rows) if r is None]
-    redo_c = [j for j, c in enumerate(cols) if c is None]
-    m = np.zeros((len(redo_r) + len(redo_c),) + tuple(grid) + (1,), np.float32)
-    for n, i in enumerate(redo_r):
-        m[n, i, :, 0] = 1.0
-    for n, j in enumerate(redo_c):
-        m[len(redo_r) + n, :, j, 0] = 1.0
-    return m, redo_r, redo_c
-
-
-def _fill_single_lines(nz: np.ndarray, rows: list, cols: list, redo_r: list[int], redo_c: list[int]) -> None:
-    for n, i in enumerate(redo_r):
-        rows[i] = np.flatnonzero(nz[n].any(axis=1))
-    for n, j in enumerate(redo_c):
-        cols[j] = np.flatnonzero(nz[len(redo_r) + n].any(axis=0))
-
-
-def line_supports(run_many: Callable[[dict], dict], grids: dict) -> dict:
-    """Input rows touched by each grid row and input columns touched by each grid
-    column, for every output ``k`` in ``grids`` (``{k: (Ho, Wo)}``).
-
-    ``run_many({k: masks (S, Ho, Wo, 1)})`` returns ``{k: gradients (S, H, W)}`` from
-    one compiled call. Returns ``{k: (rows, cols)}``, lists of index arrays.
-    """
-    nz = {k: np.abs(g) > 0 for k, g in run_many({k: _line_masks(grid) for k, grid in grids.items()}).items()}
-    found = {k: _read_crosses(nz[k], grid) for k, grid in grids.items()}
-    redo = {k: _single_line_masks(grid, *found[k]) for k, grid in grids.items()}
-    pending = {k: r[0] for k, r in redo.items() if len(r[0])}
-    if pending:
-        again = run_many(pending)
-        for k in pending:
-            _fill_single_lines(np.abs(again[k]) > 0, *found[k], redo[k][1], redo[k][2])
-    return found
-
-
 def _interval_groups(spans: list[tuple[int, int]]) -> list[list[int]]:
     """Colour intervals (inclusive ``(lo, hi)``, or ``(1, 0)`` for empty) so that those
     sharing a colour are disjoint; greedy by left end is optimal for intervals."""
@@ -421,7 +346,7 @@ def gradient_maps(
         return _custom_cotangents(run, names, shapes, selected, cotangents, hw)
 
     cell_arrs = {k: _cell_array(cells, (shapes[k][1], shapes[k][2]), _label(names[k])) for k in selected}
-    flats = _all_maps(run, shapes, chans, cell_arrs, strategy)
+    flats = _all_maps(run, shapes, chans, cell_arrs, strategy, tuple(hw))
     results: dict[Any, GradientMaps] = {}
     for k in selected:
         grid = (shapes[k][1], shapes[k][2])
@@ -481,11 +406,11 @@ def _run_many(run: Callable, shapes: list, chans: list, per_output: dict) -> dic
     return {k: g[a:b] for k, (a, b) in bounds.items()}
 
 
-def _all_maps(run: Callable, shapes: list, chans: list, cells: dict, strategy: str) -> dict:
+def _all_maps(run: Callable, shapes: list, chans: list, cells: dict, strategy: str, hw: tuple[int, int]) -> dict:
     """``{k: (n_k, H, W[, C])}`` for the requested ``cells[k]`` of every output ``k``."""
     grids = {k: (shapes[k][1], shapes[k][2]) for k in cells}
     if strategy != "dense" and all(len(c) > 1 for c in cells.values()):
-        packed = _packed(run, shapes, chans, cells, grids, strategy == "packed")
+        packed = _packed(run, shapes, chans, cells, grids, hw, strategy == "packed")
         if packed is not None:
             return packed
     return _run_many(run, shapes, chans, {k: _one_hot(cells[k], grids[k]) for k in cells})
@@ -519,7 +444,9 @@ def _rects(rows: list, cols: list, grid: tuple[int, int], cells: np.ndarray, hw:
     return row_in[cells[:, 0]][:, :, None] & col_in[cells[:, 1]][:, None, :]
 
 
-def _packed(run: Callable, shapes: list, chans: list, cells: dict, grids: dict, force: bool) -> dict | None:
+def _packed(
+    run: Callable, shapes: list, chans: list, cells: dict, grids: dict, hw: tuple[int, int], force: bool
+) -> dict | None:
     """Maps with far-apart cells sharing a backward pass; ``None`` when packing would
     not pay (and ``force`` is False), or when a gradient is not finite or escaped its
     rectangle (then the caller runs one pass per cell)."""
@@ -530,7 +457,7 @@ def _packed(run: Callable, shapes: list, chans: list, cells: dict, grids: dict, 
         finite.extend(bool(np.isfinite(g).all()) for g in out.values())
         return {k: g if g.ndim == 3 else np.abs(g).sum(-1) for k, g in out.items()}
 
-    lines = line_supports(run_lines, grids)
+    lines = line_supports(run_lines, grids, hw)
     if not all(finite):
         return None
     plans = {k: _packing(*lines[k], grids[k], cells[k]) for k in cells}

@@ -22,6 +22,7 @@ import numpy as np
 from rfjax import engine
 from rfjax._types import HW, GradientMaps, ReceptiveField
 from rfjax.errors import RFError
+from rfjax.lines import line_supports
 from rfjax.prepare import constant_input, linearize, prepare_params
 
 _PREPARE_HINT = "use prepare=True (linear activations, average pooling, constant positive weights)"
@@ -268,16 +269,43 @@ def _fit_all(fn: Callable, params: Any, x: Any, method: str, outputs, channels):
     hw = HW(int(xb.shape[1]), int(xb.shape[2]))
     grids = {k: (shapes[k][1], shapes[k][2]) for k in selected}
 
+    probes = {k: _probe_cells(g) for k, g in grids.items()}
+    seen: dict = {}
+
     def run_lines(per_output: dict) -> dict:
-        out = engine._run_many(run, shapes, chans, per_output)
+        # the probe cells ride along with the first call (one forward pass fewer)
+        extra = {} if seen else {k: engine._one_hot(c, grids[k]) for k, c in probes.items()}
+        both = {k: np.concatenate([per_output[k], extra[k]]) if k in per_output else extra[k] for k in extra}
+        both.update({k: m for k, m in per_output.items() if k not in extra})
+        out = engine._run_many(run, shapes, chans, both)
         for k, g in out.items():
             _check_maps(g, np.abs(g) > 0, names[k])
-        return out
+        if extra:
+            seen.update({k: out[k][len(out[k]) - len(extra[k]) :] for k in extra})
+        return {k: out[k][: len(per_output[k])] for k in per_output}
 
-    lines = engine.line_supports(run_lines, grids)
-    out = {
-        names[k]: fit((np.arange(g[0]), lines[k][0]), (np.arange(g[1]), lines[k][1]), hw, HW(*g), method="lines", name=names[k])
-        for k, g in grids.items()
-    }
+    lines = line_supports(run_lines, grids, tuple(hw))
+    out = {}
+    for k, g in grids.items():
+        if _is_product(np.abs(seen[k]) > 0, probes[k], *lines[k]):
+            rows, cols = (np.arange(g[0]), lines[k][0]), (np.arange(g[1]), lines[k][1])
+            out[names[k]] = fit(rows, cols, hw, HW(*g), method="lines", name=names[k])
+        else:  # an RF that is not a product of row and column sets: fit cell by cell
+            maps = engine.gradient_maps(fn, x, params=params, outputs=[names[k]] if names != [None] else None, channels=channels)
+            out[names[k]] = fit_maps(maps[names[k]] if isinstance(maps, dict) else maps)
     return out[None] if names == [None] else out
+
+
+def _probe_cells(grid: tuple[int, int]) -> np.ndarray:
+    """First, centre and last cell: where a non-product RF would show."""
+    return np.unique(np.array([(0, 0), (grid[0] // 2, grid[1] // 2), (grid[0] - 1, grid[1] - 1)]), axis=0)
+
+
+def _is_product(nz: np.ndarray, cells: np.ndarray, rows: list, cols: list) -> bool:
+    """Whether each probe cell's support spans exactly its grid row's and column's lines."""
+    for m, (i, j) in zip(nz, cells):
+        r, c = np.flatnonzero(m.any(axis=1)), np.flatnonzero(m.any(axis=0))
+        if (r[0], r[-1], c[0], c[-1]) != (rows[i][0], rows[i][-1], cols[j][0], cols[j][-1]):
+            return False
+    return True
 

@@ -9,7 +9,6 @@ import pytest
 from jax import lax
 
 import rfjax
-
 from rfjax import engine
 from rfjax.lines import line_supports
 

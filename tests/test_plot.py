@@ -278,20 +278,6 @@ def test_save_missing_folder(tmp_path) -> None:
     assert not bad.parent.exists()
 
 
-@pytest.mark.skipif(
-    os.name == "nt" or (hasattr(os, "geteuid") and os.geteuid() == 0), reason="root ignores modes"
-)
-def test_save_read_only_folder(tmp_path) -> None:
-    ro = tmp_path / "ro"
-    ro.mkdir()
-    ro.chmod(0o500)
-    try:
-        with pytest.raises(RFError, match=r"save=.*not writable"):
-            rf_grid(README, save=ro / "x.png")
-    finally:
-        ro.chmod(0o700)
-
-
 def test_save_to_folder_path(tmp_path) -> None:
     with pytest.raises(RFError, match=r"save=.*is a folder"):
         rf_grid(README, save=tmp_path)

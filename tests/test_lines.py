@@ -38,7 +38,7 @@ PRODUCT = {
 
 def reference(fn, x):
     out, vjp = jax.vjp(fn, x)
-    _, ho, wo, co = out.shape
+    _, ho, wo, _ = out.shape
     rows, cols = [], []
     for i in range(ho):
         ct = jnp.zeros(out.shape).at[0, i].set(1.0)

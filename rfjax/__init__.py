@@ -12,7 +12,7 @@ The public face; everything lives in small private-by-convention modules:
 from rfjax import prepare  # noqa: F401 - rfjax.prepare.linearize etc.
 from rfjax._types import HW, GradientMaps, ReceptiveField
 from rfjax.engine import gradient_maps
-from rfjax.errors import RFError
+from rfjax.errors import RFError, RFTooLarge
 from rfjax.fit import fit_maps, receptive_field
 from rfjax.prepare import linearize, prepare_params
 
@@ -20,6 +20,7 @@ __all__ = [
     "HW",
     "GradientMaps",
     "RFError",
+    "RFTooLarge",
     "ReceptiveField",
     "fit_maps",
     "gradient_maps",

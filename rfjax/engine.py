@@ -328,6 +328,7 @@ def gradient_maps(
     if strategy not in ("auto", "dense", "packed"):
         raise RFError(f"strategy={strategy!r} is not one of ('auto', 'dense', 'packed').")
     xb = _as_batch(x)
+    fn = restrict(fn, outputs, params is not None)
     _, names, shapes = output_shapes(bind(fn, params), xb)
     selected = _select_outputs(names, outputs)
     n_dev = _device_count(devices)
@@ -356,6 +357,32 @@ def gradient_maps(
     if names == [None]:
         return results[None]
     return results
+
+
+def restrict(fn: Callable, outputs: Any, with_params: bool) -> Callable:
+    """``fn`` returning only the dict outputs named in ``outputs`` (so XLA drops the
+    rest of the graph), cached so the compiled program is reused; ``fn`` itself when
+    ``outputs`` is ``None`` or not a list of dict keys."""
+    if outputs is None or isinstance(outputs, (str, int)):
+        outputs = None if outputs is None else [outputs]
+    if outputs is None or not all(isinstance(o, str) for o in outputs):
+        return fn
+    return _restricted(fn, tuple(outputs), with_params)
+
+
+@functools.lru_cache(maxsize=256)
+def _restricted(fn: Callable, keys: tuple[str, ...], with_params: bool) -> Callable:
+    def pick(out: Any) -> Any:
+        if not isinstance(out, Mapping):
+            return out
+        missing = [k for k in keys if k not in out]
+        if missing:
+            raise RFError(f"outputs names {missing[0]!r}, which fn does not return; fn returns {list(out)}.")
+        return {k: out[k] for k in keys}
+
+    if with_params:
+        return lambda params, x: pick(fn(params, x))
+    return lambda x: pick(fn(x))
 
 
 def bind(fn: Callable, params: Any) -> Callable:

@@ -7,3 +7,20 @@ what to do, so users never have to read a traceback from inside JAX or Keras.
 
 class RFError(ValueError):
     """Bad input to rfjax: the message names the argument and the fix."""
+
+
+class RFTooLarge(RFError):
+    """The RF reaches past the input on some axis, so it cannot be measured there.
+
+    Attributes:
+      axis: ``"h"`` or ``"w"``.
+      everywhere: every cell's RF covers the whole input (a global dependence, or an
+        RF much larger than the input).
+      input_shape: ``(H, W)`` of the input tried last.
+    """
+
+    def __init__(self, message: str, axis: str, everywhere: bool, input_shape: tuple[int, int]):
+        super().__init__(message)
+        self.axis = axis
+        self.everywhere = everywhere
+        self.input_shape = input_shape

@@ -21,7 +21,7 @@ import numpy as np
 
 from rfjax import engine
 from rfjax._types import HW, GradientMaps, ReceptiveField
-from rfjax.errors import RFError
+from rfjax.errors import RFError, RFTooLarge
 from rfjax.lines import line_supports
 from rfjax.prepare import constant_input, linearize, prepare_params
 
@@ -234,16 +234,18 @@ def receptive_field(
                 shape = (shape[0] * 2, shape[1] * 2, shape[2])
                 continue
             if e.everywhere:
-                raise RFError(
+                msg = (
                     f"every cell's RF covers the whole {shape[0]}x{shape[1]} input: either the RF is larger than "
                     "the input (pass a larger input_shape or grow=True) or the output depends on the whole "
                     "input (global pooling, squeeze-and-excitation), which has no finite RF."
-                ) from None
-            raise RFError(
-                f"the RF is larger than the {shape[0]}x{shape[1]} input along axis {e.axis} (fewer than two grid "
-                f"{'rows' if e.axis == 'h' else 'columns'} have an RF clear of the border); pass a larger "
-                "input_shape, or grow=True for a fully convolutional function."
-            ) from None
+                )
+            else:
+                msg = (
+                    f"the RF is larger than the {shape[0]}x{shape[1]} input along axis {e.axis} (fewer than two grid "
+                    f"{'rows' if e.axis == 'h' else 'columns'} have an RF clear of the border); pass a larger "
+                    "input_shape, or grow=True for a fully convolutional function."
+                )
+            raise RFTooLarge(msg, e.axis, e.everywhere, (shape[0], shape[1])) from None
 
 
 def _input_shape(input_shape: Sequence[int] | None, x: Any) -> tuple[int, int, int]:
@@ -262,6 +264,7 @@ def _fit_all(fn: Callable, params: Any, x: Any, method: str, outputs, channels):
             return fit_maps(maps)
         return {k: fit_maps(m) for k, m in maps.items()}
     xb = engine._as_batch(x)
+    fn = engine.restrict(fn, outputs, params is not None)
     _, names, shapes = engine.output_shapes(engine.bind(fn, params), xb)
     selected = engine._select_outputs(names, outputs)
     chans = [engine._channel_vector(channels if k in selected else None, s[3], _label(names[k])) for k, s in enumerate(shapes)]

@@ -62,7 +62,9 @@ def _padding(value: object) -> Padding:
     if isinstance(value, str):
         low = value.lower()
         if low not in ("valid", "same"):
-            raise RFError(f"padding={value!r} must be 'valid', 'same', an int or ((top, bottom), (left, right)).")
+            raise RFError(
+                f"padding={value!r} must be 'valid', 'same', an int or ((top, bottom), (left, right))."
+            )
         return low
     if isinstance(value, int) and not isinstance(value, bool):
         if value < 0:
@@ -187,7 +189,9 @@ def _input_hw(input_shape: Sequence[int]) -> Pair:
         dims = tuple(input_shape)
     except TypeError:
         dims = ()
-    if len(dims) not in (2, 3) or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in dims):
+    if len(dims) not in (2, 3) or not all(
+        isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in dims
+    ):
         raise RFError(f"input_shape={input_shape!r} must be (H, W) or (H, W, C) positive ints.")
     return (int(dims[0]), int(dims[1]))
 

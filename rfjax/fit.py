@@ -42,8 +42,13 @@ def _axis_fit(index: np.ndarray, supports: list[np.ndarray], n: int, axis: str):
     whose grid index is ``index[k]``; ``n`` is the input length on this axis."""
     lo = np.array([s[0] for s in supports], float)
     hi = np.array([s[-1] for s in supports], float)
-    free = (lo > 0) & (hi < n - 1)
-    everywhere = bool(np.all((lo == 0) & (hi == n - 1)))
+    extent = hi - lo + 1
+    whole = (lo == 0) & (hi == n - 1)
+    # A cell whose RF reaches into padding (or past a strided layer's unread edge)
+    # loses pixels at one end, so only cells of the largest extent are whole; one
+    # spanning the entire axis may be clipped on both sides.
+    free = (extent == extent.max()) & ~whole
+    everywhere = bool(np.all(whole))
     if np.unique(index[free]).size < 2:
         raise _TooSmall(axis, everywhere)
     centre = (lo[free] + hi[free] + 1) / 2
@@ -51,7 +56,7 @@ def _axis_fit(index: np.ndarray, supports: list[np.ndarray], n: int, axis: str):
     a = np.stack([np.ones_like(idx), idx], axis=1)
     (offset, stride), *_ = np.linalg.lstsq(a, centre, rcond=None)
     resid = float(np.sqrt(np.mean((a @ np.array([offset, stride]) - centre) ** 2)))
-    size = float((hi[free] - lo[free] + 1).max())
+    size = float(extent[free].max())
     return _clean(size), _clean(stride), _clean(offset), _clean(resid), free
 
 

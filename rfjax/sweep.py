@@ -112,9 +112,9 @@ def sweep_layers(
     rows = []
     for depth, name in enumerate(names):
         if converted:
-            one = dict(fn=prepared.with_outputs([name]), params=None, prepare=True)
+            one = {"fn": prepared.with_outputs([name]), "params": None, "prepare": True}
         else:
-            one = dict(fn=model, params=params, prepare=True, outputs=[name])
+            one = {"fn": model, "params": params, "prepare": True, "outputs": [name]}
         row = _measure(name, depth, shape, grow, max_input, **one)
         rows.append(row)
         if on_row is not None:

@@ -8,7 +8,7 @@ from flax import linen as nn
 from jax import lax
 
 import rfjax
-from rfjax import HW, RFError
+from rfjax import HW, RFError, RFTooLarge
 from rfjax.models import readme_net
 
 DN = ("NHWC", "HWIO", "NHWC")
@@ -28,7 +28,8 @@ def test_readme_network_of_receptivefield(method):
     assert rf.size == HW(34, 34) and rf.stride == HW(4, 4) and rf.offset == HW(17.0, 17.0)
     assert rf.padding == HW(0, 0) and rf.output_shape == HW(16, 16) and rf.input_shape == HW(96, 96)
     assert rf.residual == HW(0, 0) and rf.method == method
-    assert rf.cells_used > 0 and rf.cells_clipped > 0
+    # 'valid' layers only: no cell's RF is clipped (16 + 16 grid lines, or 256 cells)
+    assert rf.cells_used == (32 if method == "lines" else 256) and rf.cells_clipped == 0
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -63,15 +64,33 @@ def test_dilation_gives_an_extent_not_a_count(method):
 
 
 def test_rf_larger_than_input_is_reported_and_grow_fixes_it():
-    def fn(x):  # five 7x7 valid convs: RF 31
+    def fn(x):  # five 7x7 'same' convs: RF 31, P = 15, offset 0.5
+        for _ in range(5):
+            x = conv(x, (7, 7), padding="SAME", cout=1)
+        return x
+
+    with pytest.raises(RFTooLarge, match=r"RF is larger than the 24x24 input along axis h.*grow=True"):
+        rfjax.receptive_field(fn, (24, 24, 1))
+    rf = rfjax.receptive_field(fn, (24, 24, 1), grow=True)
+    assert rf.size == HW(31, 31) and rf.offset == HW(0.5, 0.5) and rf.input_shape == HW(48, 48)
+
+
+def test_rf_reaching_the_border_from_valid_layers_is_still_measured():
+    def fn(x):  # five 7x7 valid convs on 32: two cells, RFs [0, 31) and [1, 32), both whole
         for _ in range(5):
             x = conv(x, (7, 7), cout=1)
         return x
 
-    with pytest.raises(RFError, match=r"larger than the 32x32 input.*grow=True"):
-        rfjax.receptive_field(fn, (32, 32, 1))
-    rf = rfjax.receptive_field(fn, (32, 32, 1), grow=True)
-    assert rf.size == HW(31, 31) and rf.offset == HW(15.5, 15.5) and rf.input_shape == HW(64, 64)
+    rf = rfjax.receptive_field(fn, (32, 32, 1))
+    assert rf.size == HW(31, 31) and rf.stride == HW(1, 1) and rf.offset == HW(15.5, 15.5)
+
+
+def test_cells_clipped_inside_the_border_are_not_fitted():
+    # stride-2 valid conv then 'same' conv: the last cells read padding but their
+    # support stops short of the border (Inception-stem pattern): size 7, stride 2,
+    # P = 2, offset 1.5 (found by the property tests)
+    rf = rfjax.receptive_field(lambda x: conv(conv(x, (3, 3), (2, 2)), (3, 3), padding="SAME"), (32, 32, 1))
+    assert rf.size == HW(7, 7) and rf.stride == HW(2, 2) and rf.offset == HW(1.5, 1.5) and rf.padding == HW(2, 2)
 
 
 def relu_maxpool_net(params, x):

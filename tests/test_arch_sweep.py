@@ -1,0 +1,129 @@
+"""Architecture sweeps: rows as they finish, resume after a crash, clear errors."""
+
+import errno
+import json
+import os
+
+import jax.numpy as jnp
+import pytest
+from jax import lax
+
+from rfjax import RFError
+from rfjax.arch_sweep import FORMAT, Arch, load_spec, read_rows, sweep
+
+DN = ("NHWC", "HWIO", "NHWC")
+
+
+def stack(k: int):
+    """build(input_shape) -> a dict-valued JAX function: two k x k valid convs."""
+
+    def build(shape):
+        def fn(x):
+            w = jnp.ones((k, k, x.shape[-1], 2), jnp.float32)
+            a = lax.conv_general_dilated(x, w, (1, 1), "VALID", dimension_numbers=DN)
+            b = lax.conv_general_dilated(a, jnp.ones((k, k, 2, 2)), (1, 1), "VALID", dimension_numbers=DN)
+            return {"a": a, "b": b}
+
+        calls.append(shape)
+        return fn
+
+    return build
+
+
+calls: list = []
+
+
+def broken(shape):
+    raise ValueError("this architecture cannot be built")
+
+
+def archs():
+    return [
+        Arch("k3", ("a", "b"), ((20, 20, 1), (21, 19, 1)), stack(3)),
+        Arch("bad", ("a",), ((20, 20, 1),), broken),
+        Arch("k5", ("a", "b"), ((24, 24, 1),), stack(5)),
+    ]
+
+
+def test_rows_are_written_and_a_failure_does_not_stop_the_sweep(tmp_path):
+    out = tmp_path / "s.jsonl"
+    rows = sweep(archs(), out, progress=False)
+    ok = [r for r in rows if r["status"] == "ok"]
+    assert len(ok) == 6  # k3: 2 layers x 2 sizes, k5: 2 layers
+    by = {(r["arch"], r["layer"], tuple(r["input"])): r for r in ok}
+    assert by[("k3", "b", (21, 19, 1))]["size_h"] == 5 and by[("k5", "b", (24, 24, 1))]["size_w"] == 9  # 1 + 2(k - 1)
+    err = [r for r in rows if r["status"] == "error"]
+    assert len(err) == 1 and err[0]["arch"] == "bad" and "cannot be built" in err[0]["error"]
+    lines = out.read_text().splitlines()
+    assert json.loads(lines[0])["format"] == FORMAT and len(lines) == 1 + 7
+    assert read_rows(out) == rows
+
+
+def test_rerun_skips_finished_work_and_never_duplicates(tmp_path):
+    out = tmp_path / "s.jsonl"
+    sweep(archs(), out, progress=False)
+    calls.clear()
+    rows = sweep(archs(), out, progress=False)
+    assert calls == [] and len(rows) == 7
+    assert len(out.read_text().splitlines()) == 1 + 7
+
+
+def test_crash_mid_sweep_keeps_finished_rows_and_resumes(tmp_path):
+    out = tmp_path / "s.jsonl"
+
+    def crash(shape):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        sweep([archs()[0], Arch("k5", ("a",), ((24, 24, 1),), crash)], out, progress=False)
+    assert len(read_rows(out)) == 4
+    with open(out, "ab") as f:  # a write torn by the crash
+        f.write(b'{"key": "k5|a|24x24x1", "arch": "k5", "sta')
+    rows = sweep(archs(), out, progress=False)
+    keys = [r["key"] for r in rows]
+    assert len(keys) == len(set(keys)) == 7
+    assert all(json.loads(line) for line in out.read_text().splitlines())
+
+
+def test_disk_full_keeps_finished_rows_and_says_how_to_resume(tmp_path, monkeypatch):
+    out = tmp_path / "s.jsonl"
+    real_fsync = os.fsync
+    count = {"n": 0}
+
+    def fsync(fd):
+        count["n"] += 1
+        if count["n"] == 4:  # header + 2 rows, then the disk fills up
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    with pytest.raises(RFError, match=r"No space left on device.*finished row.*run the same sweep again"):
+        sweep(archs(), out, progress=False)
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    assert len(read_rows(out)) == 2 and out.read_bytes().endswith(b"\n")
+    assert len(sweep(archs(), out, progress=False)) == 7
+
+
+def test_file_from_another_sweep_version_is_refused(tmp_path):
+    out = tmp_path / "s.jsonl"
+    out.write_text('{"format": "rfjax-sweep/0"}\n')
+    with pytest.raises(RFError, match=r"not written by this sweep version.*pass a new file"):
+        sweep(archs(), out, progress=False)
+
+
+def test_spec_file_typos_are_named(tmp_path):
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"architectures": [{"name": "VGG16", "layer": ["block5_pool"]}]}))
+    with pytest.raises(RFError, match=r"unknown key 'layer'; did you mean 'layers'\?"):
+        load_spec(spec)
+    spec.write_text("{not json")
+    with pytest.raises(RFError, match="is not valid JSON"):
+        load_spec(spec)
+    spec.write_text(json.dumps({"architectures": [{"name": "VGG16", "input_sizes": [[224, 224]]}]}))
+    with pytest.raises(RFError, match=r"input_sizes must be \[H, W, C\]"):
+        load_spec(spec)
+
+
+def test_unknown_architecture_is_recorded_with_near_names(tmp_path):
+    rows = sweep([Arch("ResNet5O", ("x",))], tmp_path / "s.jsonl", progress=False)
+    assert rows[0]["status"] == "error" and "did you mean ResNet50" in rows[0]["error"]

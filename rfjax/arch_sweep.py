@@ -148,7 +148,7 @@ class _Log:
         self.path = out
         fresh = not out.exists() or out.stat().st_size == 0
         try:
-            self.f = open(out, "ab+")
+            self.f = open(out, "ab+")  # noqa: SIM115 - held for the whole sweep, closed in close()
         except OSError as e:
             raise RFError(f"out={os.fspath(out)!r} cannot be opened for writing ({e.strerror}).") from None
         if fresh:

@@ -14,6 +14,7 @@ and are left out. From the rest:
 from __future__ import annotations
 
 import functools
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -139,15 +140,45 @@ def _check_maps(values: np.ndarray, nz: np.ndarray, name: Any) -> None:
 # --------------------------------------------------------------------------- public
 
 
-def _resolve(model: Any, params: Any) -> tuple[Callable, Any, Callable | None]:
-    """Turn what the user passed into ``(fn(params, x) or fn(x), params, prepared_factory)``.
+_VIEWS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
-    Accepts a plain JAX function (with or without ``params``), a Flax NNX module, a
-    Flax Linen module with its variables, or a converted model exposing ``apply``,
-    ``params`` and ``prepared()`` (see :mod:`converters`).
+
+def _is_converted(model: Any) -> bool:
+    return all(hasattr(model, a) for a in ("prepared", "apply", "params", "with_outputs"))
+
+
+def _is_keras(model: Any) -> bool:
+    return type(model).__module__.split(".")[0] in ("keras", "tf_keras") and hasattr(model, "layers")
+
+
+def _view(model: Any, outputs: Sequence | None, prepared: bool) -> Any:
+    """The (prepared) converted model restricted to ``outputs``, cached per model so
+    repeated calls reuse one compiled program."""
+    cache = _VIEWS.setdefault(model, {})
+    key = (prepared, None if outputs is None else tuple(outputs))
+    if key not in cache:
+        view = model.prepared() if prepared else model
+        cache[key] = view if outputs is None else view.with_outputs(list(outputs))
+    return cache[key]
+
+
+def _from_keras(model: Any, input_shape: Sequence[int] | None) -> Any:
+    """Convert a Keras model once (cached per model; the Keras model is not modified)."""
+    cache = _VIEWS.setdefault(model, {})
+    if "converted" not in cache:
+        import converters
+
+        cache["converted"] = converters.from_keras(model, input_shape=input_shape)
+    return cache["converted"]
+
+
+def _resolve(model: Any, params: Any) -> tuple[Callable, Any]:
+    """Turn what the user passed into ``(fn(params, x) or fn(x), params)``.
+
+    Accepts a plain JAX function (with or without ``params``), a Flax NNX module or a
+    Flax Linen module with its variables. (Converted Keras models go through
+    :func:`_view`.)
     """
-    if hasattr(model, "prepared") and hasattr(model, "apply") and hasattr(model, "params"):
-        return model.apply, model.params if params is None else params, model.prepared
     try:
         from flax import linen as nn
         from flax import nnx
@@ -155,14 +186,16 @@ def _resolve(model: Any, params: Any) -> tuple[Callable, Any, Callable | None]:
         nnx = nn = None
     if nnx is not None and isinstance(model, nnx.Module):
         graphdef, state = nnx.split(model)
-        return _nnx_apply(graphdef), state, None
+        return _nnx_apply(graphdef), state
     if nn is not None and isinstance(model, nn.Module):
         if params is None:
             raise RFError("params is missing: a Flax Linen module needs its variables, e.g. params=model.init(key, x).")
-        return model.apply, params, None
+        return model.apply, params
     if not callable(model):
-        raise RFError(f"fn must be a JAX function, a Flax module or a converted model, not {type(model).__name__}.")
-    return model, params, None
+        raise RFError(
+            f"fn must be a JAX function, a Flax module, a Keras model or a converted model, not {type(model).__name__}."
+        )
+    return model, params
 
 
 @functools.lru_cache(maxsize=64)
@@ -190,6 +223,7 @@ def receptive_field(
     grow: bool = False,
     max_input: int = 4096,
     outputs: Sequence[str | int] | None = None,
+    layer: str | None = None,
     channels: Any = None,
 ) -> ReceptiveField | dict[Any, ReceptiveField]:
     """Receptive field of every output cell of ``fn``, fitted per axis.
@@ -197,7 +231,9 @@ def receptive_field(
     Args:
       fn: a JAX function ``x (1, H, W, C) -> (1, Ho, Wo, Co)`` (or dict/list of such),
         or ``fn(params, x)`` when ``params`` is given; a Flax NNX module; a Flax Linen
-        module with ``params=variables``; or a converted Keras model.
+        module with ``params=variables``; a Keras model (converted on the fly, never
+        modified); or a converted model (``converters.from_keras``), whose preparation
+        is the exact layer-level one.
       input_shape: ``(H, W, C)``; or pass ``x``.
       params: parameter pytree for ``fn(params, x)``.
       x: the input ``(H, W, C)`` to take gradients at; default a constant (ones).
@@ -212,6 +248,8 @@ def receptive_field(
         ``max_input``) until cells with unclipped RFs exist. For fully convolutional
         functions only.
       outputs: which outputs of a dict/list-valued ``fn`` to fit; default all.
+      layer: one output (a Keras layer name for Keras/converted models); the result
+        is then a single :class:`ReceptiveField`.
       channels: output channels the masks cover (default all), as in
         :func:`rfjax.gradient_maps`.
 
@@ -220,12 +258,18 @@ def receptive_field(
     """
     if method not in ("auto", "lines", "cells"):
         raise RFError(f"method={method!r} is not one of ('auto', 'lines', 'cells').")
-    base, params, prepared_factory = _resolve(fn, params)
-    if prepare:
-        if prepared_factory is not None:
-            prepared = prepared_factory()
-            base, params = prepared.apply, prepared.params
-        else:
+    if layer is not None:
+        outputs = [layer]
+    if _is_keras(fn):
+        fn = _from_keras(fn, input_shape)
+    if _is_converted(fn):
+        if input_shape is None and x is None and None not in tuple(fn.input_shape):
+            input_shape = fn.input_shape
+        view = _view(fn, outputs, prepare)
+        base, params, outputs = view.apply, view.params, None
+    else:
+        base, params = _resolve(fn, params)
+        if prepare:
             params = None if params is None else prepare_params(params)
             base = _prepared_fn(base)
     shape = _input_shape(input_shape, x)
@@ -233,7 +277,8 @@ def receptive_field(
     while True:
         xin = constant_input(shape) if (x is None or tuple(np.shape(x))[-3:] != tuple(shape)) else x
         try:
-            return _fit_all(base, params, xin, method, outputs, channels)
+            result = _fit_all(base, params, xin, method, outputs, channels)
+            return result[layer] if layer is not None and isinstance(result, dict) else result
         except _TooSmall as e:
             if grow and x is None and max(shape[0], shape[1]) * 2 <= max_input:
                 shape = (shape[0] * 2, shape[1] * 2, shape[2])

@@ -7,6 +7,7 @@ the ``receptivefield`` package natively in Flax, prints its RF and saves two fig
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -56,6 +57,77 @@ def _demo_image(shape: tuple[int, int, int]) -> np.ndarray:
     return img.astype(np.float32)
 
 
+def _shape(text: str) -> tuple[int, int, int]:
+    try:
+        parts = tuple(int(v) for v in text.lower().split("x"))
+    except ValueError:
+        parts = ()
+    if len(parts) != 3 or min(parts) < 1:
+        raise argparse.ArgumentTypeError(f"--input {text!r} must look like 224x224x3 (H x W x C)")
+    return parts  # type: ignore[return-value]
+
+
+def _load_model(spec: str, input_shape: tuple[int, int, int] | None):
+    """A ``.keras``/``.h5`` file, or a ``keras.applications`` name (built offline,
+    ``weights=None``, ``include_top=False``)."""
+    if spec.endswith((".keras", ".h5")) or Path(spec).exists():
+        import converters
+
+        return converters.from_keras(spec, input_shape=input_shape)
+    from rfjax.arch_sweep import keras_application
+
+    return keras_application(spec, input_shape or (224, 224, 3))
+
+
+def _estimate(args: argparse.Namespace) -> int:
+    import rfjax
+    import rfjax.plot
+
+    model = _load_model(args.model, args.input)
+    layer = args.layer or model.output_names[-1]
+    shape = args.input or tuple(model.input_shape)
+    rf = rfjax.receptive_field(model, shape, layer=layer, grow=args.grow)
+    print(f"{args.model} layer {layer!r}, input {'x'.join(map(str, rf.input_shape))}:")
+    print(f"  {rf}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    view = model.prepared().with_outputs([layer])
+    centre = (rf.output_shape.h // 2, rf.output_shape.w // 2)
+    x = np.ones((int(rf.input_shape.h), int(rf.input_shape.w), shape[2]), np.float32)
+    maps = rfjax.gradient_maps(view.apply, x, params=view.params, cells=[centre])[layer]
+    rfjax.plot.gradient_at(maps, centre, rf, save=out / "gradient_at_centre.png")
+    rfjax.plot.rf_grid(rf, save=out / "rf_grid.png")
+    print(f"  wrote {out / 'gradient_at_centre.png'} and {out / 'rf_grid.png'}")
+    return 0
+
+
+def _sweep_layers(args: argparse.Namespace) -> int:
+    from rfjax.sweep import plot_layers, save_rows, sweep_layers
+
+    model = _load_model(args.model, args.input)
+    shape = args.input or tuple(model.input_shape)
+    rows = sweep_layers(model, shape, grow=args.grow)
+    for r in rows:
+        size = f"{r.size.h:g}x{r.size.w:g}" if r.size else "-"
+        stride = f"{r.stride.h:g}x{r.stride.w:g}" if r.stride else "-"
+        print(f"{r.depth:4d}  {r.layer:32s} {r.status:7s} size {size:11s} stride {stride}")
+    save_rows(rows, args.table)
+    plot_layers(rows, save=args.plot)
+    print(f"wrote {args.table} and {args.plot}")
+    return 0
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from rfjax.arch_sweep import load_spec, sweep
+
+    rows = sweep(load_spec(args.spec), args.out, progress=not args.quiet)
+    failed = [r for r in rows if r.get("status") == "error"]
+    print(f"{len(rows) - len(failed)} rows measured, {len(failed)} architectures failed; all rows are in {args.out}")
+    for r in failed:
+        print(f"  {r['arch']} {'x'.join(map(str, r['input']))}: {r['error']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="rfjax",
@@ -73,11 +145,51 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--size", type=int, default=96, help="input height and width in pixels (default: 96)")
     d.add_argument("--seed", type=int, default=0, help="seed of the (irrelevant) initial weights")
     d.set_defaults(func=_demo)
+
+    model_help = "a .keras/.h5 file, or a keras.applications name such as VGG16 (built offline, weights=None)"
+    e = sub.add_parser(
+        "estimate",
+        help="RF of one layer of a Keras model, with figures",
+        description="Converts the model to JAX, prepares it for RF estimation (linear activations, average "
+        "pooling, constant weights), prints the RF of one layer and writes two figures.",
+    )
+    e.add_argument("model", metavar="MODEL", help=model_help)
+    e.add_argument("--layer", help="layer name (default: the model's last output)")
+    e.add_argument("--input", type=_shape, help="input size HxWxC, e.g. 224x224x3 (default: the model's)")
+    e.add_argument("--grow", action="store_true", help="grow the input when the RF is larger than it")
+    e.add_argument("--out", default="rfjax-estimate", help="folder for the figures (default: ./rfjax-estimate)")
+    e.set_defaults(func=_estimate)
+
+    sl = sub.add_parser(
+        "sweep-layers",
+        help="RF of every spatial layer of a Keras model: table and plot",
+        description="Measures the RF of every layer with a 4-D output and writes a CSV (or JSON) table and a "
+        "plot of RF size against depth.",
+    )
+    sl.add_argument("model", metavar="MODEL", help=model_help)
+    sl.add_argument("--input", type=_shape, help="input size HxWxC (default: the model's)")
+    sl.add_argument("--grow", action="store_true", help="grow the input for layers whose RF is larger than it")
+    sl.add_argument("--table", default="rf_layers.csv", help="output table, .csv or .json (default: rf_layers.csv)")
+    sl.add_argument("--plot", default="rf_layers.png", help="output plot (default: rf_layers.png)")
+    sl.set_defaults(func=_sweep_layers)
+
+    sw = sub.add_parser(
+        "sweep",
+        help="RF of chosen layers of many architectures, resumable",
+        description='Reads a JSON spec {"architectures": [{"name": "VGG16", "layers": ["block5_pool"], '
+        '"input_sizes": [[224, 224, 3]]}, ...]} and appends one JSON line per finished measurement to --out; '
+        "run it again with the same --out to resume after a crash.",
+    )
+    sw.add_argument("spec", metavar="SPEC", help="JSON spec file")
+    sw.add_argument("--out", default="rf_sweep.jsonl", help="JSON-lines results file (default: rf_sweep.jsonl)")
+    sw.add_argument("--quiet", action="store_true", help="no progress bar")
+    sw.set_defaults(func=_sweep)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``rfjax`` command; returns the exit code (0 ok, 2 bad input)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter, when a converter loads it
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

@@ -45,7 +45,8 @@ def test_estimate_a_keras_file(small_keras, tmp_path, capsys):
 def test_sweep_layers_writes_a_table(small_keras, tmp_path):
     table = tmp_path / "t.csv"
     assert main(["sweep-layers", str(small_keras), "--table", str(table), "--plot", str(tmp_path / "t.png")]) == 0
-    rows = {r["layer"]: r for r in csv.DictReader(open(table))}
+    with open(table) as f:
+        rows = {r["layer"]: r for r in csv.DictReader(f)}
     assert float(rows["c1"]["size_h"]) == 5 and float(rows["p1"]["size_h"]) == 6 and float(rows["r"]["size_w"]) == 10
 
 

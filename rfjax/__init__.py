@@ -6,24 +6,44 @@ The public face; everything lives in small private-by-convention modules:
 * :mod:`rfjax.fit`      -- :func:`receptive_field`, the per-axis RF fit
 * :mod:`rfjax.prepare`  -- the RF preparation (linear activations, average pooling, ...)
 * :mod:`rfjax.analytic` -- the closed-form RF of conv/pool chains (Araujo et al.)
-* :mod:`rfjax.plot`     -- figures (imported lazily: ``import rfjax.plot``)
+* :mod:`rfjax.activation_maps` -- :func:`cam`, :func:`grad_cam` and variants, RF-aware placement
+* :mod:`rfjax.erf`      -- :func:`effective_rf`, the effective RF (Luo et al.)
+* :mod:`rfjax.sweep`, :mod:`rfjax.arch_sweep` -- layer and architecture sweeps
+* :mod:`rfjax.plot`, :mod:`rfjax.plot_cam` -- figures (imported lazily)
 """
 
-from rfjax import prepare  # noqa: F401 - rfjax.prepare.linearize etc.
+from rfjax import datasets, prepare  # noqa: F401 - rfjax.prepare.linearize, rfjax.datasets.shapes
 from rfjax._types import HW, GradientMaps, ReceptiveField
+from rfjax.activation_maps import (
+    CAMResult,
+    cam,
+    class_activation_maps,
+    grad_cam,
+    grad_cam_plus_plus,
+    layer_cam,
+)
 from rfjax.engine import gradient_maps
+from rfjax.erf import EffectiveRF, effective_rf
 from rfjax.errors import RFError, RFTooLarge
 from rfjax.fit import fit_maps, receptive_field
 from rfjax.prepare import linearize, prepare_params
 
 __all__ = [
     "HW",
+    "CAMResult",
+    "EffectiveRF",
     "GradientMaps",
     "RFError",
     "RFTooLarge",
     "ReceptiveField",
+    "cam",
+    "class_activation_maps",
+    "effective_rf",
     "fit_maps",
+    "grad_cam",
+    "grad_cam_plus_plus",
     "gradient_maps",
+    "layer_cam",
     "linearize",
     "prepare_params",
     "receptive_field",

@@ -1,0 +1,245 @@
+"""The effective receptive field (Luo, Li, Urtasun, Zemel, "Understanding the Effective
+Receptive Field in Deep Convolutional Neural Networks", NeurIPS 2016).
+
+With the real weights, the input gradient of one output cell is not spread evenly over its
+theoretical receptive field (RF): it is roughly Gaussian around the RF centre, with a
+standard deviation that grows like the square root of the depth while the RF grows linearly,
+so the *effective* RF is a shrinking fraction of the theoretical one.
+
+:func:`effective_rf` takes the input gradient of one cell (the centre one by default) for
+every input of a batch in one compiled program (``jax.vmap`` over the batch), averages its
+magnitude, fits an axis-aligned 2-D Gaussian (``scipy.optimize.curve_fit``) and measures the
+radius that holds a given fraction of the gradient mass.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rfjax._types import HW, ReceptiveField
+from rfjax.errors import RFError
+
+__all__ = ["EffectiveRF", "effective_rf"]
+
+
+@dataclasses.dataclass(frozen=True)
+class EffectiveRF:
+    """The effective RF of one output cell.
+
+    Attributes:
+      map: ``(H, W)`` mean over the inputs of ``sum_c |d out[cell] / d x[..., c]|`` (or of
+        its square with ``squared=True``).
+      cell: the ``(i, j)`` grid index of the output cell.
+      centre: centre of mass of ``map``, continuous coordinates (pixel ``i`` spans ``[i, i + 1)``).
+      sigma: standard deviations ``(h, w)`` of the fitted Gaussian, pixels.
+      gaussian_centre: centre of the fitted Gaussian.
+      amplitude: peak of the fitted Gaussian.
+      fit_residual: RMS of the fit relative to the map's maximum.
+      radius: radius around ``centre`` of the smallest disc (of pixel centres) holding
+        ``mass`` of the map's total.
+      mass: the fraction used for ``radius``.
+      rf: the theoretical RF of the same output (:func:`rfjax.receptive_field`), or ``None``
+        when it was not asked for or could not be measured on this input.
+      n_inputs: how many inputs were averaged.
+      input_shape: ``(H, W)``.
+      output_shape: ``(Ho, Wo)`` of the feature map.
+      name: the output's name, ``None`` for a single output.
+    """
+
+    map: np.ndarray
+    cell: tuple[int, int]
+    centre: HW
+    sigma: HW
+    gaussian_centre: HW
+    amplitude: float
+    fit_residual: float
+    radius: float
+    mass: float
+    rf: ReceptiveField | None
+    n_inputs: int
+    input_shape: HW
+    output_shape: HW
+    name: str | int | None = None
+
+    @property
+    def rf_rect(self) -> tuple[float, float, float, float] | None:
+        """``(top, left, bottom, right)`` of the cell's theoretical RF, or ``None``."""
+        return None if self.rf is None else self.rf.rect(self.cell)
+
+    @property
+    def radius_fraction(self) -> float | None:
+        """``radius`` over half the theoretical RF's smaller side: how far out the effective
+        RF reaches, 1 being the theoretical RF's edge."""
+        return None if self.rf is None else self.radius / (min(self.rf.size) / 2)
+
+    def __str__(self) -> str:
+        theo = "" if self.rf is None else f", theoretical RF {self.rf.size.h:g}x{self.rf.size.w:g}"
+        return (
+            f"effective RF of cell {self.cell}: sigma=({self.sigma.h:.2f}, {self.sigma.w:.2f}) px, "
+            f"{self.mass:.0%} of the gradient within r={self.radius:.2f} px of "
+            f"({self.centre.h:.2f}, {self.centre.w:.2f}){theo}"
+        )
+
+
+@functools.lru_cache(maxsize=64)
+def _program(fn: Callable, with_params: bool, squared: bool) -> Callable:
+    """``(params, xs (N, H, W, C), cotangent (Ho, Wo, Co)) -> (H, W)``, one compiled program."""
+
+    def one(params, x, ct):
+        f = (lambda v: fn(params, v)) if with_params else fn
+        out, vjp = jax.vjp(f, x[None])
+        (g,) = vjp(ct[None].astype(out.dtype))
+        g = g[0].astype(jnp.float32)
+        return (g * g).sum(-1) if squared else jnp.abs(g).sum(-1)
+
+    def run(params, xs, ct):
+        return jax.vmap(one, in_axes=(None, 0, None))(params, xs, ct).mean(axis=0)
+
+    return jax.jit(run)
+
+
+def _gaussian(coords, amp, my, mx, sy, sx):
+    y, x = coords
+    return amp * np.exp(-0.5 * (((y - my) / sy) ** 2 + ((x - mx) / sx) ** 2))
+
+
+def _fit_gaussian(m: np.ndarray, centre: HW) -> tuple[float, HW, HW, float]:
+    from scipy.optimize import curve_fit
+
+    h, w = m.shape
+    yy, xx = np.mgrid[0:h, 0:w] + 0.5
+    total = m.sum()
+    sy0 = math.sqrt(max((m * (yy - centre.h) ** 2).sum() / total, 0.25))
+    sx0 = math.sqrt(max((m * (xx - centre.w) ** 2).sum() / total, 0.25))
+    p0 = (float(m.max()), centre.h, centre.w, sy0, sx0)
+    bounds = ([0, 0, 0, 0.05, 0.05], [np.inf, h, w, 10 * h, 10 * w])
+    try:
+        popt, _ = curve_fit(_gaussian, (yy.ravel(), xx.ravel()), m.ravel(), p0=p0, bounds=bounds, maxfev=5000)
+    except RuntimeError:  # no convergence: report the moments
+        popt = np.array(p0)
+    resid = _gaussian((yy, xx), *popt) - m
+    return float(popt[0]), HW(float(popt[1]), float(popt[2])), HW(float(popt[3]), float(popt[4])), float(
+        np.sqrt(np.mean(resid**2)) / m.max()
+    )
+
+
+def _mass_radius(m: np.ndarray, centre: HW, mass: float) -> float:
+    h, w = m.shape
+    yy, xx = np.mgrid[0:h, 0:w] + 0.5
+    d = np.hypot(yy - centre.h, xx - centre.w).ravel()
+    order = np.argsort(d, kind="stable")
+    cum = np.cumsum(m.ravel()[order])
+    k = int(np.searchsorted(cum, mass * cum[-1]))
+    return float(d[order][min(k, len(d) - 1)])
+
+
+def effective_rf(
+    fn: Any,
+    inputs: Any,
+    *,
+    params: Any = None,
+    output: str | int | None = None,
+    cell: Sequence[int] | None = None,
+    channels: Any = None,
+    mass: float = 0.9,
+    squared: bool = False,
+    rf: ReceptiveField | str | None = "auto",
+) -> EffectiveRF:
+    """Effective RF of one output cell, averaged over a batch of inputs (Luo et al. 2016).
+
+    Args:
+      fn: a JAX function ``x (1, H, W, C) -> (1, Ho, Wo, Co)`` (or a dict/tuple of feature maps,
+        with ``output`` naming one), ``fn(params, x)`` with ``params``, a Flax module or a
+        converted Keras model, as in :func:`rfjax.receptive_field`. The real weights are used.
+      inputs: ``(N, H, W, C)`` inputs to average over (``(H, W, C)`` for one).
+      params: parameter pytree for ``fn(params, x)``.
+      output: key or index of the feature map when ``fn`` returns several.
+      cell: ``(i, j)`` grid cell; default the centre ``(Ho // 2, Wo // 2)``.
+      channels: output channels of the cell whose gradient is taken: ``None`` (all, summed),
+        an int or a list of ints.
+      mass: fraction of the gradient mass the reported ``radius`` holds, in ``(0, 1)``.
+      squared: average the squared gradient (the variance Luo et al. analyse for random
+        weights) instead of its magnitude.
+      rf: ``"auto"`` measures the theoretical RF of the same output with
+        :func:`rfjax.receptive_field` (``None`` in the result if the RF exceeds the input);
+        a :class:`ReceptiveField` to use; or ``None`` to skip it.
+
+    Returns:
+      An :class:`EffectiveRF`.
+    """
+    from rfjax.activation_maps import _as_function, _check_images, _layer_only, _output_index
+    from rfjax.engine import _channel_vector
+    from rfjax.fit import receptive_field
+
+    if not isinstance(mass, (int, float)) or not 0 < mass < 1:
+        raise RFError(f"mass={mass!r} must be a fraction strictly between 0 and 1, e.g. 0.9.")
+    base, params = _as_function(fn, params)
+    xs = _check_images(inputs)
+    bound = base if params is None else functools.partial(base, params)
+    try:
+        struct = jax.eval_shape(bound, jnp.asarray(xs[:1]))
+    except Exception as e:  # noqa: BLE001 - any failure inside the user's function
+        msg = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise RFError(
+            f"fn failed on inputs of shape {xs.shape[1:]} ({type(e).__name__}: {msg[:200]}); pass inputs of the shape it expects."
+        ) from None
+    leaves = jax.tree_util.tree_leaves(struct)
+    if output is None:
+        if len(leaves) != 1:
+            raise RFError(f"fn returns {len(leaves)} arrays; pass output= the key or index of the feature map to use.")
+        index = 0
+    else:
+        index = _output_index(struct, output, "output")
+    shape = tuple(leaves[index].shape)
+    if len(shape) != 4:
+        raise RFError(f"output {output!r} has shape {shape}, which is not a spatial feature map (1, Ho, Wo, Co); pass a convolutional layer's output.")
+    ho, wo, co = shape[1:]
+    c = (ho // 2, wo // 2) if cell is None else tuple(int(v) for v in np.asarray(cell).reshape(-1))
+    if len(c) != 2 or not (0 <= c[0] < ho and 0 <= c[1] < wo):
+        raise RFError(f"cell={cell!r} is outside the {ho}x{wo} grid; pass (i, j) with 0 <= i < {ho} and 0 <= j < {wo}.")
+    one = _layer_only(base, params is not None, index)
+    ct = np.zeros((ho, wo, co), np.float32)
+    ct[c] = _channel_vector(channels, co, "the output" if output is None else f"output {output!r}")
+    m = np.asarray(_program(one, params is not None, bool(squared))(params, jnp.asarray(xs), jnp.asarray(ct)), np.float64)
+    if not np.isfinite(m).all():
+        raise RFError(f"the input gradient of cell {c} is not finite; check the model and its inputs.")
+    total = m.sum()
+    if not total > 0:
+        raise RFError(f"the input gradient of cell {c} is zero for every input (dead ReLUs or max pooling); pass other inputs or cell=.")
+    yy, xx = np.mgrid[0 : m.shape[0], 0 : m.shape[1]] + 0.5
+    centre = HW(float((m * yy).sum() / total), float((m * xx).sum() / total))
+    amp, gc, sigma, resid = _fit_gaussian(m, centre)
+    theo = None
+    if isinstance(rf, ReceptiveField):
+        theo = rf
+    elif rf == "auto":
+        try:
+            theo = receptive_field(one, xs.shape[1:], params=params)
+        except RFError:
+            theo = None
+    elif rf is not None:
+        raise RFError(f"rf={rf!r} must be 'auto', a ReceptiveField or None.")
+    return EffectiveRF(
+        map=m,
+        cell=(int(c[0]), int(c[1])),
+        centre=centre,
+        sigma=sigma,
+        gaussian_centre=gc,
+        amplitude=amp,
+        fit_residual=resid,
+        radius=_mass_radius(m, centre, mass),
+        mass=float(mass),
+        rf=theo,
+        n_inputs=len(xs),
+        input_shape=HW(xs.shape[1], xs.shape[2]),
+        output_shape=HW(ho, wo),
+        name=output,
+    )

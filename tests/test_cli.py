@@ -3,6 +3,7 @@
 import csv
 
 import keras
+import numpy as np
 import pytest
 from keras import layers
 
@@ -60,3 +61,36 @@ def test_errors_are_one_sentence_with_exit_code_2(small_keras, tmp_path, capsys)
         main(["estimate", str(small_keras), "--input", "40x40"])
     assert e.value.code == 2 and "must look like 224x224x3" in capsys.readouterr().err
     assert main([]) == 2
+
+
+@pytest.fixture(scope="module")
+def gap_classifier(tmp_path_factory):
+    keras.utils.set_random_seed(0)
+    path = tmp_path_factory.mktemp("c") / "clf.keras"
+    model = keras.Sequential(
+        [
+            keras.Input((32, 32, 3)),
+            layers.Conv2D(8, 3, activation="relu", name="features"),
+            layers.GlobalAveragePooling2D(name="gap"),
+            layers.Dense(5, name="logits"),
+        ]
+    )
+    model.save(path)
+    return path
+
+
+def test_cam_writes_one_overlay_per_image(gap_classifier, tmp_path, capsys):
+    import matplotlib.image
+
+    files = []
+    for n in range(2):
+        img = np.random.default_rng(n).uniform(size=(40, 48, 3)).astype(np.float32)
+        files.append(str(tmp_path / f"img{n}.png"))
+        matplotlib.image.imsave(files[-1], img)
+    assert main(["cam", str(gap_classifier), *files, "--top-k", "2", "--out", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert out.count("top classes") == 2
+    for n in range(2):
+        assert (tmp_path / "out" / f"img{n}_cam.png").stat().st_size > 0
+    assert main(["cam", str(gap_classifier), str(tmp_path / "nope.png")]) == 2
+    assert "cannot be read" in capsys.readouterr().err

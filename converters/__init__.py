@@ -1,1 +1,77 @@
-"""Converters: Keras 3 / tf.keras models and TensorFlow functions to JAX/Flax callables for the rfjax engine."""
+"""Converters: Keras 3 / tf.keras models to pure JAX functions for the rfjax engine.
+
+:func:`from_keras` walks a Keras model (Sequential, Functional, nested models,
+shared layers, raw ``keras.ops`` calls) once into a small graph description and
+turns every layer into a pure JAX function through a registry keyed by the Keras
+class name (:func:`register`; :func:`supported_layers` lists them)::
+
+    import converters, rfjax
+    model = converters.from_keras(keras_model, outputs=["block3_pool", "block5_pool"])
+    maps = model(x)                       # {"block3_pool": (N, H, W, C), ...}, NHWC
+    rf = rfjax.receptive_field(model, input_shape=(224, 224, 3))
+
+``model.apply(params, x)`` is pure and jit-able; ``model.params`` is a pytree with
+Flax leaf names; ``model.with_outputs(names)`` requests other layers without a new
+walk; ``model.prepared()`` is the exact layer-level RF preparation (linear
+activations, average pooling, identity normalisation, constant positive kernels,
+zero biases). ``channels_first`` models are converted to NHWC at the boundaries.
+TensorFlow and Keras are imported only when a model is converted.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from converters import _layers as _layers
+from converters import _ops as _ops
+from converters._model import KerasModel
+from converters._registry import register, supported_layers
+from rfjax.errors import RFError
+
+
+def from_keras(
+    model_or_path: Any,
+    outputs: str | Sequence[str] | None = None,
+    *,
+    input_shape: Sequence[int] | None = None,
+    safe_mode: bool = True,
+) -> KerasModel:
+    """Convert a Keras 3 model (or a ``.keras`` / ``.h5`` file) to a :class:`KerasModel`.
+
+    Args:
+      model_or_path: a built ``keras.Model`` (Sequential or Functional, nested models
+        and shared layers allowed) or a path to a saved model file.
+      outputs: layer names to return (default: the model's outputs); any name in
+        ``.layer_names``. A shared layer's further calls are ``"name:1"``, ...; a
+        nested model's layers are ``"outer/inner"``.
+      input_shape: ``(H, W, C)``, required when the model's spatial input size is
+        dynamic (``None``); it is what the rfjax engine feeds by default.
+      safe_mode: load files with Keras' safe mode and refuse Lambda layers; ``False``
+        runs a Lambda's Python function on JAX arrays (trusted models only).
+
+    Returns:
+      A :class:`KerasModel` with ``.params``, ``.apply(params, x)``, ``.prepared()``.
+    """
+    from converters._graph import load, walk
+
+    if isinstance(model_or_path, (str, os.PathLike)):
+        model_or_path = load(model_or_path, safe_mode)
+    graph = walk(model_or_path, safe_mode=safe_mode)
+    converted = KerasModel(graph, outputs)
+    if input_shape is not None:
+        shape = tuple(input_shape)
+        if len(shape) != 3 or not all(isinstance(v, (int, np.integer)) and v > 0 for v in shape):
+            raise RFError(f"input_shape={shape!r} must be three positive integers (H, W, C).")
+        converted.input_shape = tuple(int(v) for v in shape)
+    elif any(v is None for v in converted.input_shape):
+        raise RFError(
+            f"the model's input shape {converted.input_shape} is dynamic; pass input_shape=(H, W, C) to from_keras."
+        )
+    return converted
+
+
+__all__ = ["KerasModel", "RFError", "from_keras", "register", "supported_layers"]

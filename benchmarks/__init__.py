@@ -1,0 +1,1 @@
+"""Benchmarks of rfjax against the obvious TensorFlow ways (see ``benchmarks/run.py``)."""

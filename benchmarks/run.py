@@ -1,0 +1,399 @@
+"""Time every way of computing all output cells' input gradients, one fresh process each.
+
+    .venv/bin/python benchmarks/run.py                       # the README network, 5 repeats
+    .venv/bin/python benchmarks/run.py --repeats 9 --readme README.md
+    .venv/bin/python benchmarks/run.py --networks resnet50 vgg16 mobilenetv2   # TF ways only (for now)
+    .venv/bin/python benchmarks/run.py --ways tf_jacobian_pfor rfjax_gradient_maps
+
+Each (network, way) runs in its own child process, so that
+
+* "first call" includes tracing and compilation (TF graph tracing, XLA, jax.jit),
+  but not imports or building the model ("setup", kept in the JSON);
+* "steady median" is the median of ``--repeats`` further calls;
+* "peak RSS" is the child's own ``ru_maxrss``: everything that process ever held,
+  the imported libraries included (a TF child carries TensorFlow, an rfjax child
+  carries only JAX; the RSS before the first call is kept in the JSON as
+  ``rss_setup_mib``).
+
+Results go to ``benchmarks/results/<network>.json`` and ``<network>.md``; with
+``--readme FILE`` the Markdown table also replaces the text between
+``<!-- bench:<network>:start -->`` and ``<!-- bench:<network>:end -->`` in FILE.
+The children's answers are cross-checked (gradient sums and the support of cell
+(0, 0); the fitted RF) and a mismatch is reported.
+
+Networks are entries of :data:`NETWORKS`; ways are entries of :data:`WAYS`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import importlib.metadata
+import json
+import os
+import platform
+import re
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+RESULTS = HERE / "results"
+RESULT_TAG = "BENCH-RESULT "
+
+
+# --------------------------------------------------------------------------- tables
+
+
+@dataclasses.dataclass(frozen=True)
+class Network:
+    """A network to time. ``tf_model()`` builds the Keras model (constant weights);
+    ``rfjax`` is ``None`` while the network has no JAX port here (TF ways only)."""
+
+    title: str
+    input_shape: tuple[int, int, int]
+    tf_model: Callable[[], Any]
+    rfjax: bool = False
+
+
+def _readme_tf():
+    from benchmarks import tf_ways
+
+    return tf_ways.readme_net()
+
+
+def _application(name: str) -> Callable[[], Any]:
+    def build():
+        from benchmarks import tf_ways
+
+        return tf_ways.keras_application(name)
+
+    return build
+
+
+NETWORKS: dict[str, Network] = {
+    "readme_net": Network("receptivefield README network", (96, 96, 3), _readme_tf, rfjax=True),
+    # Issue 5: keras.applications at 224 (weights=None, no top, constant weights); TF ways only
+    # until the Keras converter lands. Run with --networks resnet50 vgg16 mobilenetv2.
+    "resnet50": Network("ResNet50 (keras.applications, no top)", (224, 224, 3), _application("ResNet50")),
+    "vgg16": Network("VGG16 (keras.applications, no top)", (224, 224, 3), _application("VGG16")),
+    "mobilenetv2": Network("MobileNetV2 (keras.applications, no top)", (224, 224, 3), _application("MobileNetV2")),
+}
+DEFAULT_NETWORKS = ("readme_net",)
+
+
+@dataclasses.dataclass(frozen=True)
+class Way:
+    """``kind`` is ``"tf"`` or ``"rfjax"``; ``setup(network_name)`` returns the zero-argument
+    call that is timed (its result is summarised for the cross-check)."""
+
+    kind: str
+    label: str
+
+
+WAYS: dict[str, Way] = {
+    "tf_per_cell_tape": Way("tf", "TF: GradientTape per cell (Python loop)"),
+    "tf_batched_tape": Way("tf", "TF: one tape over a batch of one-hot masks"),
+    "tf_jacobian_pfor": Way("tf", "TF: tape.jacobian (pfor)"),
+    "tf_batched_tape_xla": Way("tf", "TF: batched tape, tf.function(jit_compile=True)"),
+    "rfjax_gradient_maps": Way("rfjax", "rfjax.gradient_maps (all cells, strategy auto)"),
+    "rfjax_gradient_maps_dense": Way("rfjax", "rfjax.gradient_maps (all cells, strategy dense)"),
+    "rfjax_receptive_field": Way("rfjax", "rfjax.receptive_field (RF fit)"),
+}
+
+
+def ways_for(network: Network) -> list[str]:
+    return [w for w, spec in WAYS.items() if spec.kind == "tf" or network.rfjax]
+
+
+def _setup(network_name: str, way: str) -> Callable[[], Any]:
+    net = NETWORKS[network_name]
+    if WAYS[way].kind == "tf":
+        from benchmarks import tf_ways
+
+        model = net.tf_model()
+        fn = tf_ways.WAYS[way]
+        return lambda: fn(model)
+    from benchmarks import rfjax_ways
+
+    if network_name != "readme_net":  # pragma: no cover - no other JAX port yet
+        raise SystemExit(f"no rfjax port of {network_name}")
+    params = rfjax_ways.readme_params()
+    fn = rfjax_ways.WAYS[way]
+    return lambda: fn(params)
+
+
+def _summary(result: Any) -> dict:
+    """What the parent compares across ways: gradient maps or a fitted RF."""
+    import numpy as np
+
+    if hasattr(result, "size") and hasattr(result, "stride") and hasattr(result, "offset"):
+        return {
+            "rf": {
+                "size": [float(v) for v in result.size],
+                "stride": [float(v) for v in result.stride],
+                "offset": [float(v) for v in result.offset],
+            }
+        }
+    g = np.asarray(result)
+    nz = np.abs(g[0, 0]) > 0
+    rows, cols = np.flatnonzero(nz.any(1)), np.flatnonzero(nz.any(0))
+    return {
+        "maps": {
+            "shape": list(g.shape),
+            "sum": float(g.astype(np.float64).sum()),
+            "support00": [int(rows.min()), int(rows.max()) + 1, int(cols.min()), int(cols.max()) + 1]
+            if rows.size
+            else None,
+        }
+    }
+
+
+# --------------------------------------------------------------------------- child
+
+
+def _rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
+
+
+def child(network_name: str, way: str, repeats: int) -> None:
+    t0 = time.perf_counter()
+    call = _setup(network_name, way)
+    setup_s = time.perf_counter() - t0
+    rss_setup = _rss_mib()
+    t0 = time.perf_counter()
+    result = call()
+    first = time.perf_counter() - t0
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - t0)
+    out = {
+        "setup_s": setup_s,
+        "first_call_s": first,
+        "times_s": times,
+        "steady_median_s": statistics.median(times) if times else None,
+        "rss_setup_mib": rss_setup,
+        "peak_rss_mib": _rss_mib(),
+        "check": _summary(result),
+    }
+    print(RESULT_TAG + json.dumps(out), flush=True)
+
+
+# --------------------------------------------------------------------------- parent
+
+
+def _version(*dists: str) -> str:
+    for d in dists:
+        try:
+            return importlib.metadata.version(d)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return "absent"
+
+
+def machine() -> dict:
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        cores = os.cpu_count()
+    try:
+        mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    except (ValueError, OSError, AttributeError):  # pragma: no cover
+        mem_gib = None
+    return {
+        "cpu": cpu,
+        "cores": cores,
+        "memory_gib": round(mem_gib, 1) if mem_gib else None,
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "jax": _version("jax"),
+        "jaxlib": _version("jaxlib"),
+        "flax": _version("flax"),
+        "tensorflow": _version("tensorflow", "tensorflow-cpu"),
+        "keras": _version("keras"),
+        "date": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
+    }
+
+
+def header_line(m: dict) -> str:
+    mem = f", {m['memory_gib']} GiB" if m.get("memory_gib") else ""
+    return (
+        f"Machine: {m['cpu']}, {m['cores']} cores{mem}; {m['os']}; Python {m['python']}; "
+        f"jax {m['jax']}, jaxlib {m['jaxlib']}, flax {m['flax']}, tensorflow {m['tensorflow']}, "
+        f"keras {m['keras']}; {m['date']}."
+    )
+
+
+def run_way(network_name: str, way: str, repeats: int, timeout: float) -> dict:
+    env = dict(os.environ)
+    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", network_name, way, "--repeats", str(repeats)]
+    try:
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout:.0f} s"}
+    for line in proc.stdout.splitlines():
+        if line.startswith(RESULT_TAG):
+            return json.loads(line[len(RESULT_TAG):])
+    tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+    return {"error": f"exit {proc.returncode}: {tail[0][:300]}"}
+
+
+def cross_check(results: dict[str, dict]) -> list[str]:
+    """Disagreements between the ways' answers (empty when they all agree)."""
+    problems = []
+    maps = {w: r["check"]["maps"] for w, r in results.items() if "check" in r and "maps" in r["check"]}
+    if maps:
+        ref_way, ref = next(iter(maps.items()))
+        for w, m in maps.items():
+            if m["shape"] != ref["shape"]:
+                problems.append(f"{w}: shape {m['shape']} != {ref_way}'s {ref['shape']}")
+            elif abs(m["sum"] - ref["sum"]) > 1e-4 * max(abs(ref["sum"]), 1e-30):
+                problems.append(f"{w}: gradient sum {m['sum']:.7g} != {ref_way}'s {ref['sum']:.7g}")
+            if m["support00"] != ref["support00"]:
+                problems.append(f"{w}: support of cell (0, 0) {m['support00']} != {ref_way}'s {ref['support00']}")
+    for w, r in results.items():
+        rf = r.get("check", {}).get("rf")
+        if rf and maps:
+            ref = next(iter(maps.values()))
+            if ref["support00"]:
+                r0, r1, c0, c1 = ref["support00"]
+                # cell (0, 0)'s support starts at the input's corner here, so its extent is the RF size
+                if (r0, c0) == (0, 0) and [float(r1 - r0), float(c1 - c0)] != rf["size"]:
+                    problems.append(f"{w}: RF size {rf['size']} != support extent of cell (0, 0) {[r1 - r0, c1 - c0]}")
+    return problems
+
+
+def _fmt(v: float | None, digits: int = 3) -> str:
+    return "—" if v is None else f"{v:.{digits}f}"
+
+
+def markdown(network_name: str, results: dict[str, dict], m: dict, repeats: int, problems: list[str]) -> str:
+    net = NETWORKS[network_name]
+    tf_steady = [r["steady_median_s"] for w, r in results.items() if WAYS[w].kind == "tf" and r.get("steady_median_s")]
+    fastest_tf = min(tf_steady) if tf_steady else None
+    h, w_, c = net.input_shape
+    lines = [
+        f"**{net.title}**, {h}x{w_}x{c} input, all output cells; constant weights, all-ones input.",
+        "",
+        header_line(m),
+        "",
+        "| way | first call s | steady median s | peak RSS MiB | ratio vs fastest TF way |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for way, r in results.items():
+        if "error" in r:
+            lines.append(f"| {WAYS[way].label} | error: {r['error']} | | | |")
+            continue
+        steady = r.get("steady_median_s")
+        ratio = f"{steady / fastest_tf:.2f}" if (steady and fastest_tf) else "—"
+        lines.append(
+            f"| {WAYS[way].label} | {_fmt(r['first_call_s'])} | {_fmt(steady)} | {r['peak_rss_mib']:.0f} | {ratio} |"
+        )
+    lines += [
+        "",
+        f"Each way runs in a fresh process: first call includes tracing/compilation; steady = median of {repeats} "
+        "further calls; peak RSS = the process's ru_maxrss (imported libraries included); "
+        "ratio = steady median / the fastest TF way's (below 1 is faster).",
+    ]
+    if problems:
+        lines += ["", "**The ways disagree:** " + "; ".join(problems)]
+    return "\n".join(lines) + "\n"
+
+
+def replace_in_readme(path: Path, network_name: str, text: str) -> bool:
+    start, end = f"<!-- bench:{network_name}:start -->", f"<!-- bench:{network_name}:end -->"
+    try:
+        doc = path.read_text()
+    except OSError as e:
+        print(f"error: cannot read {path}: {e.strerror}; README not updated.", file=sys.stderr)
+        return False
+    pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.S)
+    if not pattern.search(doc):
+        print(f"error: {path} lacks the markers {start} ... {end}; README not updated.", file=sys.stderr)
+        return False
+    path.write_text(pattern.sub(lambda _: f"{start}\n{text}{end}", doc, count=1))
+    print(f"updated {path} between {start} and {end}")
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--networks", nargs="+", default=list(DEFAULT_NETWORKS), choices=sorted(NETWORKS))
+    ap.add_argument("--ways", nargs="+", choices=list(WAYS), help="default: every way the network has")
+    ap.add_argument("--repeats", type=int, default=5, help="steady-state calls after the first (default 5)")
+    ap.add_argument("--timeout", type=float, default=1800.0, help="seconds per way (default 1800)")
+    ap.add_argument("--readme", type=Path, help="update the bench:<network> block of this Markdown file")
+    ap.add_argument("--out", type=Path, default=RESULTS, help=f"results folder (default {RESULTS.relative_to(ROOT)})")
+    ap.add_argument("--child", nargs=2, metavar=("NETWORK", "WAY"), help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+
+    if args.child:
+        if str(ROOT) not in sys.path:
+            sys.path.insert(0, str(ROOT))
+        child(args.child[0], args.child[1], args.repeats)
+        return 0
+
+    m = machine()
+    print(header_line(m))
+    status = 0
+    for name in args.networks:
+        net = NETWORKS[name]
+        ways = [w for w in ways_for(net) if args.ways is None or w in args.ways]
+        results: dict[str, dict] = {}
+        for way in ways:
+            print(f"[{name}] {way} ...", end=" ", flush=True)
+            r = run_way(name, way, args.repeats, args.timeout)
+            results[way] = r
+            if "error" in r:
+                status = 1
+                print(r["error"])
+            else:
+                print(
+                    f"first {r['first_call_s']:.3f} s, steady {_fmt(r['steady_median_s'])} s, "
+                    f"peak RSS {r['peak_rss_mib']:.0f} MiB"
+                )
+        problems = cross_check(results)
+        if problems:
+            status = 1
+        md = markdown(name, results, m, args.repeats, problems)
+        print()
+        print(md)
+        args.out.mkdir(parents=True, exist_ok=True)
+        payload = {
+            "network": name,
+            "title": net.title,
+            "input_shape": list(net.input_shape),
+            "machine": m,
+            "repeats": args.repeats,
+            "ways": {w: {"label": WAYS[w].label, "kind": WAYS[w].kind, **r} for w, r in results.items()},
+            "problems": problems,
+        }
+        (args.out / f"{name}.json").write_text(json.dumps(payload, indent=2) + "\n")
+        (args.out / f"{name}.md").write_text(md)
+        print(f"wrote {args.out / (name + '.json')} and {args.out / (name + '.md')}")
+        if args.readme is not None and not replace_in_readme(args.readme, name, md):
+            status = 1
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,182 @@
+"""The converted model: a graph description turned into one pure JAX function."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from converters._graph import Graph, Ref, _map
+from converters._registry import lookup, supported_layers
+from rfjax.errors import RFError
+
+
+def _build(graph: Graph, rf: bool) -> tuple[dict[str, Callable], dict[str, dict[str, jax.Array]]]:
+    """One JAX function and parameter dict per layer, through the converter registry."""
+    fns, params = {}, {}
+    for key, layer in graph.layers.items():
+        convert = lookup(layer.lookup)
+        if convert is None:
+            raise RFError(
+                f"layer {key!r} of class {layer.class_name} has no converter; supported: "
+                f"{', '.join(supported_layers())} (add one with converters.register({layer.class_name!r}))."
+            )
+        try:
+            fns[key], p = convert(layer.config, layer.weights, rf)
+        except RFError as e:
+            raise RFError(f"layer {key!r} ({layer.class_name}): {e}") from None
+        except (KeyError, TypeError, ValueError) as e:
+            raise RFError(
+                f"layer {key!r} ({layer.class_name}) could not be converted ({type(e).__name__}: {e})."
+            ) from None
+        if p:
+            params[key] = {k: jnp.asarray(v) for k, v in p.items()}
+    return fns, params
+
+
+class KerasModel:
+    """A Keras model converted to a pure JAX function ``x -> {layer name: feature map}``.
+
+    Attributes:
+      params: the parameter pytree, ``{layer name: {leaf: array}}`` with Flax leaf
+        names: ``kernel`` (HWIO for convolutions; grouped ``(kh, kw, 1, C * m)`` for
+        depthwise ones; ``(C_in, units)`` for dense), ``bias``, ``scale``, ``mean``,
+        ``var``, ``depthwise_kernel`` / ``pointwise_kernel`` (SeparableConv2D), ``gamma``
+        (LayerScale), ``alpha`` (PReLU). Layers without weights have no entry.
+      output_names: the layers :meth:`apply` returns.
+      layer_names: every name that can be requested as an output, in graph order.
+      input_shape: ``(H, W, C)`` of the input (``None`` for dynamic dimensions).
+
+    Inputs and outputs are NHWC float32 even for ``channels_first`` models, which
+    compute in NCHW inside and are transposed at the boundaries (4-D tensors only).
+    """
+
+    def __init__(
+        self,
+        graph: Graph,
+        outputs: Sequence[str] | None = None,
+        *,
+        input_shape: tuple[int | None, ...] | None = None,
+        rf: bool = False,
+        _built: tuple[dict, dict] | None = None,
+    ):
+        self._graph, self._rf = graph, rf
+        self._fns, self.params = _built if _built is not None else _build(graph, rf)
+        self.layer_names: tuple[str, ...] = tuple(n.name for n in graph.nodes) + tuple(graph.aliases)
+        names = (
+            graph.outputs if outputs is None else ([outputs] if isinstance(outputs, str) else list(outputs))
+        )
+        self.output_names: tuple[str, ...] = tuple(self._check_name(n) for n in names)
+        if not self.output_names:
+            raise RFError("outputs is empty; name at least one layer (see .layer_names).")
+        self.input_shape = input_shape if input_shape is not None else _nhwc_shape(graph)
+        self._plan = self._schedule()
+
+    # ------------------------------------------------------------------ public
+    @property
+    def channels_first(self) -> bool:
+        """Whether the Keras model computes in NCHW (inputs/outputs here are NHWC anyway)."""
+        return self._graph.channels_first
+
+    @property
+    def rf_mode(self) -> bool:
+        """Whether this is the RF-prepared copy (see :meth:`prepared`)."""
+        return self._rf
+
+    def apply(self, params: Any, x: jax.Array) -> dict[str, jax.Array]:
+        """Run the model: ``x`` is an NHWC batch ``(N, H, W, C)``; returns
+        ``{name: array}`` for :attr:`output_names` (4-D maps in NHWC). Pure and jit-able."""
+        x = jnp.asarray(x, jnp.float32)
+        if self.channels_first and x.ndim == 4:
+            x = jnp.transpose(x, (0, 3, 1, 2))
+        env: dict[str, list] = {self._graph.input: [x]}
+        for node in self._plan:
+            args = _map(lambda v: _value(env, v), node.args)
+            kwargs = _map(lambda v: _value(env, v), node.kwargs)
+            out = self._fns[node.layer](params.get(node.layer, {}), *args, **kwargs)
+            env[node.name] = [out] if node.n_outputs == 1 else list(out)
+        return {name: self._to_nhwc(_value(env, self._ref(name))) for name in self.output_names}
+
+    def __call__(self, x: jax.Array) -> dict[str, jax.Array]:
+        """:meth:`apply` with this model's own :attr:`params`."""
+        return self.apply(self.params, x)
+
+    def with_outputs(self, outputs: str | Sequence[str]) -> KerasModel:
+        """A copy returning other layers (no new walk of the Keras model)."""
+        return KerasModel(
+            self._graph, outputs, input_shape=self.input_shape, rf=self._rf, _built=(self._fns, self.params)
+        )
+
+    def prepared(self) -> KerasModel:
+        """The RF-mode copy, built from the stored graph (the Keras model is never touched).
+
+        Every activation (by name, layer or ``keras.ops`` call) is the identity; max
+        pooling is average pooling with the same window and padding;
+        BatchNormalization, LayerNormalization, RMSNormalization, Normalization,
+        Rescaling and Dropout are the identity; Maximum/Minimum merges are averages;
+        conv kernels are the constant ``1 / (C_in * sqrt(kh * kw))`` (``C_in`` per group,
+        so depthwise kernels get ``1 / sqrt(kh * kw)``), dense kernels ``1 / C_in``,
+        biases 0, LayerScale 1. Two magnitude guards keep deep networks inside float32
+        without changing any gradient support: sums of tensors (Add) are means, and a
+        product of two tensors (squeeze-excitation, hard-swish written with
+        ``keras.ops``) is ``a * b / stop_gradient(b)``, which still carries gradient to
+        both factors, so a global dependence stays visible.
+        """
+        if self._rf:
+            return self
+        return KerasModel(self._graph, self.output_names, input_shape=self.input_shape, rf=True)
+
+    def __repr__(self) -> str:
+        mode = ", rf_mode" if self._rf else ""
+        return (
+            f"KerasModel({len(self._graph.nodes)} layers, input_shape={self.input_shape}, "
+            f"outputs={list(self.output_names)}{mode})"
+        )
+
+    # ------------------------------------------------------------------ internals
+    def _check_name(self, name: Any) -> str:
+        if isinstance(name, str) and name in self.layer_names:
+            return name
+        near = difflib.get_close_matches(str(name), self.layer_names, n=3, cutoff=0.6)
+        hint = (
+            f"did you mean {', '.join(map(repr, near))}?"
+            if near
+            else "see .layer_names for the model's layers."
+        )
+        raise RFError(f"layer {name!r} is not in the model; {hint}")
+
+    def _ref(self, name: str) -> Ref:
+        return self._graph.aliases.get(name, Ref(name))
+
+    def _schedule(self) -> tuple:
+        """The nodes the requested outputs depend on, in topological order."""
+        by_name = {n.name: n for n in self._graph.nodes}
+        needed, stack = set(), [self._ref(n).node for n in self.output_names]
+        while stack:
+            name = stack.pop()
+            if name in needed:
+                continue
+            needed.add(name)
+            node = by_name[name]
+            _map(lambda v: stack.append(v.node) if isinstance(v, Ref) else None, (node.args, node.kwargs))
+        return tuple(n for n in self._graph.nodes if n.name in needed and n.name != self._graph.input)
+
+    def _to_nhwc(self, y: Any) -> Any:
+        if isinstance(y, (tuple, list)):
+            return type(y)(self._to_nhwc(v) for v in y)
+        y = jnp.asarray(y, jnp.float32)
+        return jnp.transpose(y, (0, 2, 3, 1)) if self.channels_first and y.ndim == 4 else y
+
+
+def _value(env: dict[str, list], v: Any) -> Any:
+    return env[v.node][v.index] if isinstance(v, Ref) else v
+
+
+def _nhwc_shape(graph: Graph) -> tuple[int | None, ...]:
+    shape = graph.input_shape
+    if graph.channels_first and len(shape) == 3:
+        return (shape[1], shape[2], shape[0])
+    return shape

@@ -1,0 +1,54 @@
+"""The converter registry: Keras class name -> function building a pure JAX layer.
+
+A converter is a small function ``convert(config, weights, rf) -> (apply, params)``:
+
+* ``config`` is the layer's ``get_config()`` dict (plain data),
+* ``weights`` maps the layer's Keras variable names (``kernel``, ``gamma``, ...) to
+  numpy arrays,
+* ``rf`` asks for the RF-mode variant (linear activations, average pooling, constant
+  positive kernels, zero biases, identity normalisation; see :mod:`converters`),
+* ``apply(params, *args)`` is a pure JAX function of the layer's call arguments
+  (tensors, lists of tensors, constants) and ``params`` is its parameter dict with
+  Flax leaf names (``kernel`` in HWIO, ``bias``, ``scale``, ``mean``, ``var``, ...).
+
+Keras layers are keyed by their class name (``"Conv2D"``); raw ``keras.ops`` calls
+recorded in a functional graph are keyed ``"ops.<ClassName>"`` (``"ops.Add"``), so
+``x + 3.0`` never collides with the ``Add`` merge layer. Layers from other packages
+may also be registered under ``"package.module.ClassName"``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+Params = dict[str, Any]
+Apply = Callable[..., Any]
+Converter = Callable[[dict, dict, bool], tuple[Apply, Params]]
+
+_REGISTRY: dict[str, Converter] = {}
+
+
+def register(*names: str) -> Callable[[Converter], Converter]:
+    """Decorator registering ``convert(config, weights, rf) -> (apply, params)`` under
+    one or more Keras class names (a later registration replaces an earlier one)."""
+
+    def deco(fn: Converter) -> Converter:
+        for name in names:
+            _REGISTRY[name] = fn
+        return fn
+
+    return deco
+
+
+def lookup(keys: tuple[str, ...]) -> Converter | None:
+    """The converter of the first key in ``keys`` that is registered, else ``None``."""
+    for key in keys:
+        if key in _REGISTRY:
+            return _REGISTRY[key]
+    return None
+
+
+def supported_layers() -> list[str]:
+    """Sorted names of every registered converter (Keras layers, then ``ops.*``)."""
+    return sorted(_REGISTRY, key=lambda k: (k.startswith("ops."), k.lower()))

@@ -30,6 +30,7 @@ from converters import _layers as _layers
 from converters import _ops as _ops
 from converters._model import KerasModel
 from converters._registry import register, supported_layers
+from converters._tf import TFModel, from_tf
 from rfjax.errors import RFError
 
 
@@ -74,4 +75,4 @@ def from_keras(
     return converted
 
 
-__all__ = ["KerasModel", "RFError", "from_keras", "register", "supported_layers"]
+__all__ = ["KerasModel", "RFError", "TFModel", "from_keras", "from_tf", "register", "supported_layers"]

@@ -245,8 +245,17 @@ def _avg_pool(x: jax.Array, config: dict) -> jax.Array:
     total = lax.reduce_window(x, 0.0, lax.add, window, strides, padding)
     if padding == "VALID":
         return total / math.prod(window)
-    ones = jnp.ones([n if a in _spatial_axes(config) else 1 for a, n in enumerate(x.shape)], x.dtype)
-    return total / lax.reduce_window(ones, 0.0, lax.add, window, strides, padding)
+    # Cells per window, per axis from the static shape: a product of two small
+    # constants (a reduce_window over ones would be constant-folded by XLA, which
+    # takes seconds on large inputs).
+    counts = np.ones([1] * x.ndim, np.float32)
+    for a in _spatial_axes(config):
+        n, k, st = x.shape[a], window[a], strides[a]
+        (lo, _), = lax.padtype_to_pads((n,), (k,), (st,), "SAME")
+        start = np.arange(total.shape[a]) * st - lo
+        per_axis = (np.minimum(start + k, n) - np.maximum(start, 0)).astype(np.float32)
+        counts = counts * per_axis.reshape([-1 if b == a else 1 for b in range(x.ndim)])
+    return total / counts
 
 
 @register("MaxPooling2D")

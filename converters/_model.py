@@ -9,13 +9,17 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from converters import _collapse
 from converters._graph import Graph, Ref, _map
 from converters._registry import lookup, supported_layers
 from rfjax.errors import RFError
 
 
-def _build(graph: Graph, rf: bool) -> tuple[dict[str, Callable], dict[str, dict[str, jax.Array]]]:
-    """One JAX function and parameter dict per layer, through the converter registry."""
+def _build(
+    graph: Graph, rf: bool, one_channel: bool = False
+) -> tuple[dict[str, Callable], dict[str, dict[str, jax.Array]]]:
+    """One JAX function and parameter dict per layer, through the converter registry
+    (``one_channel``: the RF-mode rewrite of :mod:`converters._collapse`)."""
     fns, params = {}, {}
     for key, layer in graph.layers.items():
         convert = lookup(layer.lookup)
@@ -24,8 +28,13 @@ def _build(graph: Graph, rf: bool) -> tuple[dict[str, Callable], dict[str, dict[
                 f"layer {key!r} of class {layer.class_name} has no converter; supported: "
                 f"{', '.join(supported_layers())} (add one with converters.register({layer.class_name!r}))."
             )
+        cfg, weights = layer.config, layer.weights
+        if one_channel:
+            cfg, weights = _collapse.config(cfg), {k: _collapse.weight(w) for k, w in weights.items()}
         try:
-            fns[key], p = convert(layer.config, layer.weights, rf)
+            fns[key], p = convert(cfg, weights, rf)
+            if one_channel:
+                fns[key] = _collapse.wrap(layer.class_name, cfg, fns[key])
         except RFError as e:
             raise RFError(f"layer {key!r} ({layer.class_name}): {e}") from None
         except (KeyError, TypeError, ValueError) as e:
@@ -61,10 +70,12 @@ class KerasModel:
         *,
         input_shape: tuple[int | None, ...] | None = None,
         rf: bool = False,
+        hold: frozenset[str] = frozenset(),
+        one_channel: bool = False,
         _built: tuple[dict, dict] | None = None,
     ):
-        self._graph, self._rf = graph, rf
-        self._fns, self.params = _built if _built is not None else _build(graph, rf)
+        self._graph, self._rf, self._hold, self._one = graph, rf, hold, one_channel and rf
+        self._fns, self.params = _built if _built is not None else _build(graph, rf, self._one)
         self.layer_names: tuple[str, ...] = tuple(n.name for n in graph.nodes) + tuple(graph.aliases)
         names = (
             graph.outputs if outputs is None else ([outputs] if isinstance(outputs, str) else list(outputs))
@@ -90,15 +101,23 @@ class KerasModel:
         """Run the model: ``x`` is an NHWC batch ``(N, H, W, C)``; returns
         ``{name: array}`` for :attr:`output_names` (4-D maps in NHWC). Pure and jit-able."""
         x = jnp.asarray(x, jnp.float32)
+        if self._one and x.ndim == 4:
+            x = _collapse.input_mean(x)
         if self.channels_first and x.ndim == 4:
             x = jnp.transpose(x, (0, 3, 1, 2))
+        env = self._run(params, x, self._plan)
+        return {name: self._to_nhwc(_value(env, self._ref(name))) for name in self.output_names}
+
+    def _run(self, params: Any, x: jax.Array, plan: Sequence) -> dict[str, list]:
         env: dict[str, list] = {self._graph.input: [x]}
-        for node in self._plan:
+        for node in plan:
             args = _map(lambda v: _value(env, v), node.args)
             kwargs = _map(lambda v: _value(env, v), node.kwargs)
             out = self._fns[node.layer](params.get(node.layer, {}), *args, **kwargs)
+            if node.name in self._hold:
+                out = jax.tree.map(jax.lax.stop_gradient, out)
             env[node.name] = [out] if node.n_outputs == 1 else list(out)
-        return {name: self._to_nhwc(_value(env, self._ref(name))) for name in self.output_names}
+        return env
 
     def __call__(self, x: jax.Array) -> dict[str, jax.Array]:
         """:meth:`apply` with this model's own :attr:`params`."""
@@ -107,10 +126,45 @@ class KerasModel:
     def with_outputs(self, outputs: str | Sequence[str]) -> KerasModel:
         """A copy returning other layers (no new walk of the Keras model)."""
         return KerasModel(
-            self._graph, outputs, input_shape=self.input_shape, rf=self._rf, _built=(self._fns, self.params)
+            self._graph,
+            outputs,
+            input_shape=self.input_shape,
+            rf=self._rf,
+            hold=self._hold,
+            one_channel=self._one,
+            _built=(self._fns, self.params),
         )
 
-    def prepared(self) -> KerasModel:
+    def global_nodes(self) -> frozenset[str]:
+        """Nodes that collapse the spatial axes: global pooling, spatial means, a
+        flatten before a dense head. Their output shape does not follow the input
+        size, which is how they are found: shapes are traced (no compute) at the input
+        size and at twice it. Empty when the model only runs at one input size."""
+        if "global_nodes" not in self._graph.cache:
+            self._graph.cache["global_nodes"] = self._find_global_nodes()
+        return self._graph.cache["global_nodes"]
+
+    def depends_globally(self, name: str) -> bool:
+        """Whether layer ``name`` depends on the whole input through a
+        :meth:`global_nodes` node (squeeze-and-excitation gates, image-pooling branches)."""
+        found = self.global_nodes()
+        return bool(found) and any(n in found for n in self._ancestors(self._check_name(name)))
+
+    def held(self) -> KerasModel:
+        """A copy in which every :meth:`global_nodes` output is held constant
+        (``stop_gradient``): gradients then show the local, convolutional RF of layers
+        that also depend on the whole input."""
+        return KerasModel(
+            self._graph,
+            self.output_names,
+            input_shape=self.input_shape,
+            rf=self._rf,
+            hold=self.global_nodes(),
+            one_channel=self._one,
+            _built=(self._fns, self.params),
+        )
+
+    def prepared(self, one_channel: bool = False) -> KerasModel:
         """The RF-mode copy, built from the stored graph (the Keras model is never touched).
 
         Every activation (by name, layer or ``keras.ops`` call) is the identity; max
@@ -124,13 +178,24 @@ class KerasModel:
         product of two tensors (squeeze-excitation, hard-swish written with
         ``keras.ops``) is ``a * b / stop_gradient(b)``, which still carries gradient to
         both factors, so a global dependence stays visible.
+
+        ``one_channel=True`` also gives every layer a single channel
+        (:mod:`converters._collapse`): the same gradient supports, hence the same RF,
+        at a fraction of the cost; feature maps then have one channel.
         """
-        if self._rf:
+        if self._rf and self._one == one_channel:
             return self
-        return KerasModel(self._graph, self.output_names, input_shape=self.input_shape, rf=True)
+        return KerasModel(
+            self._graph,
+            self.output_names,
+            input_shape=self.input_shape,
+            rf=True,
+            hold=self._hold,
+            one_channel=one_channel,
+        )
 
     def __repr__(self) -> str:
-        mode = ", rf_mode" if self._rf else ""
+        mode = (", rf_mode" if self._rf else "") + (", one_channel" if self._one else "")
         return (
             f"KerasModel({len(self._graph.nodes)} layers, input_shape={self.input_shape}, "
             f"outputs={list(self.output_names)}{mode})"
@@ -151,10 +216,39 @@ class KerasModel:
     def _ref(self, name: str) -> Ref:
         return self._graph.aliases.get(name, Ref(name))
 
-    def _schedule(self) -> tuple:
-        """The nodes the requested outputs depend on, in topological order."""
+    def _find_global_nodes(self) -> frozenset[str]:
+        h, w, c = self.input_shape
+        if h is None or w is None or c is None:
+            return frozenset()
+        plan = tuple(n for n in self._graph.nodes if n.name != self._graph.input)
+
+        def shapes(scale: int) -> dict:
+            x = jax.ShapeDtypeStruct((1, h * scale, w * scale, c), jnp.float32)
+            if self.channels_first:
+                x = jax.ShapeDtypeStruct((1, c, h * scale, w * scale), jnp.float32)
+            env = jax.eval_shape(lambda x: self._run(self.params, x, plan), x)
+            return {k: jax.tree.map(lambda a: tuple(a.shape), v) for k, v in env.items()}
+
+        try:
+            small, large = shapes(1), shapes(2)
+        except Exception:  # noqa: BLE001 - a fixed-size model (flatten + dense) has no second size
+            return frozenset()
+        found = set()
+        for node in plan:
+            inputs: list = []
+            _map(lambda v: inputs.append(v.node) if isinstance(v, Ref) else None, (node.args, node.kwargs))
+            varies = any(small[i] != large[i] for i in inputs)
+            if varies and small[node.name] == large[node.name]:
+                found.add(node.name)
+        return frozenset(found)
+
+    def _ancestors(self, name: str) -> set[str]:
+        return self._closure([self._ref(name).node])
+
+    def _closure(self, start: list[str]) -> set[str]:
+        """``start`` and every node it depends on."""
         by_name = {n.name: n for n in self._graph.nodes}
-        needed, stack = set(), [self._ref(n).node for n in self.output_names]
+        needed, stack = set(), list(start)
         while stack:
             name = stack.pop()
             if name in needed:
@@ -162,6 +256,11 @@ class KerasModel:
             needed.add(name)
             node = by_name[name]
             _map(lambda v: stack.append(v.node) if isinstance(v, Ref) else None, (node.args, node.kwargs))
+        return needed
+
+    def _schedule(self) -> tuple:
+        """The nodes the requested outputs depend on, in topological order."""
+        needed = self._closure([self._ref(n).node for n in self.output_names])
         return tuple(n for n in self._graph.nodes if n.name in needed and n.name != self._graph.input)
 
     def _to_nhwc(self, y: Any) -> Any:

@@ -84,8 +84,10 @@ class ReceptiveField:
       method: ``"cells"`` (one gradient map per cell) or ``"lines"`` (one per grid
         row and column; exact for RFs that are products of row and column sets, which
         every convolution/pooling network has).
-      global_: True when every cell's RF covers the whole input (global pooling,
-        squeeze-and-excitation, attention): ``size`` is then the input size.
+      global_: True when every cell also depends on the whole input through a global
+        branch (squeeze-and-excitation gates, image-pooling branches of converted
+        models). ``size``, ``stride``, ``offset`` and ``padding`` then describe the
+        local, convolutional path, measured with the global branches held constant.
       name: the feature map's name, ``None`` for a single output.
     """
 
@@ -117,7 +119,7 @@ class ReceptiveField:
             return f"({p.h:g}, {p.w:g})"
 
         head = f"{self.name}: " if self.name is not None else ""
-        note = "  [global: every cell sees the whole input]" if self.global_ else ""
+        note = "  [global: also depends on the whole input; size is the local path's]" if self.global_ else ""
         return (
             f"{head}size={f(self.size)} stride={f(self.stride)} offset={f(self.offset)} "
             f"padding={f(self.padding)} grid={self.output_shape.h}x{self.output_shape.w} "

@@ -6,6 +6,13 @@ more input sizes. Each finished ``(architecture, layer, input size)`` is appende
 finished; a re-run with the same file skips what is done. An architecture that fails
 is recorded with its error and the sweep goes on. The first line of the file names
 the format version, so a file from another sweep version is refused, not mixed.
+
+Past one process, the same call runs as process ``k`` of ``n`` of a ``jax.distributed``
+job (see :mod:`rfjax.distributed`): process ``k`` takes every ``n``-th ``(architecture,
+input size)``, writes its rows to its own shard ``out.p<k>`` (one writer per file, so the
+crash guarantees above hold unchanged), and after a barrier process 0 folds the shards
+into ``out``. Resuming reads ``out`` and every shard, so nothing finished is redone,
+whatever the number of processes of the earlier run.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ import dataclasses
 import difflib
 import json
 import os
+import re
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -54,11 +62,17 @@ def load_spec(path: str | os.PathLike) -> list[Arch]:
     try:
         data = json.loads(Path(path).read_text())
     except OSError as e:
-        raise RFError(f"spec file {os.fspath(path)!r} cannot be read ({e.strerror}); check the path.") from None
+        raise RFError(
+            f"spec file {os.fspath(path)!r} cannot be read ({e.strerror}); check the path."
+        ) from None
     except json.JSONDecodeError as e:
-        raise RFError(f"spec file {os.fspath(path)!r} is not valid JSON (line {e.lineno}: {e.msg}).") from None
+        raise RFError(
+            f"spec file {os.fspath(path)!r} is not valid JSON (line {e.lineno}: {e.msg})."
+        ) from None
     if not isinstance(data, dict) or "architectures" not in data:
-        raise RFError(f"spec file {os.fspath(path)!r} needs a top-level key 'architectures' with a list of entries.")
+        raise RFError(
+            f"spec file {os.fspath(path)!r} needs a top-level key 'architectures' with a list of entries."
+        )
     archs = []
     for i, entry in enumerate(data["architectures"]):
         if isinstance(entry, str):
@@ -74,7 +88,11 @@ def load_spec(path: str | os.PathLike) -> list[Arch]:
         if any(len(s) != 3 for s in sizes):
             raise RFError(f"spec entry {i} ({entry['name']}): input_sizes must be [H, W, C] triples.")
         layers = entry.get("layers")
-        archs.append(Arch(entry["name"], tuple(layers) if layers else None, sizes, None, bool(entry.get("grow", False))))
+        archs.append(
+            Arch(
+                entry["name"], tuple(layers) if layers else None, sizes, None, bool(entry.get("grow", False))
+            )
+        )
     return archs
 
 
@@ -108,13 +126,40 @@ def _key(arch: str, layer: str | None, shape: Sequence[int]) -> str:
     return f"{arch}|{layer}|{'x'.join(map(str, shape))}"
 
 
-def read_rows(out: str | os.PathLike) -> list[dict]:
-    """The finished rows of a sweep file (a torn last line from a crash is dropped)."""
-    path = Path(out)
-    if not path.exists():
-        return []
+def shard_path(out: str | os.PathLike, process: int) -> Path:
+    """The file process ``process`` of a multi-process sweep writes: ``out.p<process>``."""
+    return Path(f"{os.fspath(out)}.p{process}")
+
+
+def _shards(out: Path) -> list[Path]:
+    pattern = re.compile(re.escape(out.name) + r"\.p(\d+)")
+    folder = out.parent
     try:
-        lines = path.read_bytes().split(b"\n")
+        names = os.listdir(folder)
+    except FileNotFoundError:
+        return []
+    found = sorted((int(m.group(1)), name) for name in names if (m := pattern.fullmatch(name)))
+    return [folder / name for _, name in found]
+
+
+def read_rows(out: str | os.PathLike) -> list[dict]:
+    """The finished rows of a sweep: those of ``out`` and of per-process shards not merged
+    yet (``out.p0``, ``out.p1``, ...), each key once; a torn last line from a crash is dropped."""
+    path = Path(out)
+    rows, seen = [], set()
+    for part in [path, *_shards(path)]:
+        for row in _read_file(part):
+            if row["key"] not in seen:
+                seen.add(row["key"])
+                rows.append(row)
+    return rows
+
+
+def _read_file(out: Path) -> list[dict]:
+    try:
+        lines = out.read_bytes().split(b"\n")
+    except FileNotFoundError:
+        return []
     except OSError as e:
         raise RFError(f"out={os.fspath(out)!r} cannot be read ({e.strerror}).") from None
     if not lines or not lines[0].strip():
@@ -144,7 +189,7 @@ class _Log:
     """Append-only JSON-lines writer: every row flushed and fsync-ed; a failed write
     is cut back so the file never ends in half a row."""
 
-    def __init__(self, out: Path, n_rows: int):
+    def __init__(self, out: Path):
         self.path = out
         fresh = not out.exists() or out.stat().st_size == 0
         try:
@@ -162,10 +207,10 @@ class _Log:
         if end < len(data):
             self.f.truncate(end)
 
-    def _write(self, record: dict) -> None:
+    def _write(self, *records: dict) -> None:
         pos = self.f.seek(0, os.SEEK_END)
         try:
-            self.f.write((json.dumps(record) + "\n").encode())
+            self.f.write("".join(json.dumps(r) + "\n" for r in records).encode())
             self.f.flush()
             os.fsync(self.f.fileno())
         except OSError as e:
@@ -175,8 +220,8 @@ class _Log:
                 "saved: free space and run the same sweep again to resume."
             ) from None
 
-    def append(self, record: dict) -> None:
-        self._write(record)
+    def append(self, *records: dict) -> None:
+        self._write(*records)
 
     def close(self) -> None:
         self.f.close()
@@ -188,6 +233,8 @@ def sweep(
     *,
     progress: bool = True,
     max_input: int = 1024,
+    process_index: int | None = None,
+    process_count: int | None = None,
 ) -> list[dict]:
     """Measure every ``(architecture, layer, input size)``, appending to ``out``.
 
@@ -195,65 +242,141 @@ def sweep(
       archs: :class:`Arch` entries or bare ``keras.applications`` names.
       out: the JSON-lines file; re-running with the same file resumes.
       progress: show a progress bar (tqdm) with the current architecture and ETA.
+      process_index, process_count: this process's share of the work, ``(architecture,
+        input size)`` number ``i`` going to process ``i % process_count``; by default
+        ``jax.process_index()`` and ``jax.process_count()``, so after
+        ``rfjax.distributed.initialize(...)`` every process of the job calls the same
+        ``sweep``. Given by hand without ``jax.distributed`` (independent jobs), each
+        process leaves its shard ``out.p<k>`` and a later one-process run merges them.
 
     Returns:
-      All rows in the file (finished before and now), as dicts with ``arch``,
-      ``layer``, ``input``, ``status`` and the RF fields, or ``error``.
+      All rows finished so far (before and now, by every process), as dicts with
+      ``arch``, ``layer``, ``input``, ``process``, ``status`` and the RF fields, or
+      ``error``.
     """
     from tqdm.auto import tqdm
 
     from rfjax.sweep import sweep_layers
 
+    index, count, joint = _processes(process_index, process_count)
     archs = [Arch(a) if isinstance(a, str) else a for a in archs]
     path = Path(out)
-    rows = read_rows(path)
-    done = {r["key"] for r in rows}
-    log = _Log(path, len(rows))
-    bar = tqdm(archs, unit="arch", disable=not progress)
+    done = {r["key"] for r in read_rows(path)}
+    log = _Log(path if count == 1 else shard_path(path, index))
+    units = [(arch, shape) for arch in archs for shape in arch.input_sizes][index::count]
+    bar = tqdm(units, unit="model", disable=not progress)
     try:
-        for arch in bar:
-            bar.set_postfix_str(arch.name)
-            for shape in arch.input_sizes:
-                arch_key = _key(arch.name, None, shape)
-                wanted = arch.layers
-                if wanted is not None and all(_key(arch.name, lay, shape) in done for lay in wanted):
-                    continue
-                if arch_key in done:
-                    continue  # recorded as failed before; delete its line to retry
-                t0 = time.perf_counter()
-                try:
-                    model = _build(arch, shape)
-                    layers = list(wanted) if wanted is not None else list(getattr(model, "output_names", [])) or None
-                    todo = [lay for lay in layers if _key(arch.name, lay, shape) not in done] if layers else None
+        for arch, shape in bar:
+            bar.set_postfix_str(f"{arch.name} {'x'.join(map(str, shape))}")
+            arch_key = _key(arch.name, None, shape)
+            wanted = arch.layers
+            if wanted is not None and all(_key(arch.name, lay, shape) in done for lay in wanted):
+                continue
+            if arch_key in done:
+                continue  # recorded as failed before; delete its line to retry
+            t0 = time.perf_counter()
+            try:
+                model = _build(arch, shape)
+                layers = (
+                    list(wanted) if wanted is not None else list(getattr(model, "output_names", [])) or None
+                )
+                todo = [lay for lay in layers if _key(arch.name, lay, shape) not in done] if layers else None
+                if layers and not todo:
+                    continue  # its outputs, known only once built, were all measured before
 
-                    def record(row, arch=arch, shape=shape, t0=t0):
-                        rec = {"key": _key(arch.name, row.layer, shape), "arch": arch.name, "input": list(shape)}
-                        rec.update(row.as_dict())
-                        rec["seconds"] = round(time.perf_counter() - t0, 3)
-                        log.append(rec)
-                        rows.append(rec)
-                        done.add(rec["key"])
+                def record(row, arch=arch, shape=shape, t0=t0):
+                    rec = {"key": _key(arch.name, row.layer, shape), "arch": arch.name, "input": list(shape)}
+                    if rec["key"] in done:
+                        return  # a function's layers are known only as it runs: some were measured before
+                    rec.update(row.as_dict())
+                    rec["process"] = index
+                    rec["seconds"] = round(time.perf_counter() - t0, 3)
+                    log.append(rec)
+                    done.add(rec["key"])
 
-                    sweep_layers(model, shape, layers=todo, grow=arch.grow, max_input=max_input, on_row=record)
-                except (KeyboardInterrupt, SystemExit):
+                sweep_layers(model, shape, layers=todo, grow=arch.grow, max_input=max_input, on_row=record)
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except RFError as e:
+                if "writing out=" in str(e):
                     raise
-                except RFError as e:
-                    if "writing out=" in str(e):
-                        raise
-                    _fail(log, rows, done, arch_key, arch, shape, e)
-                except RFTooLarge as e:  # pragma: no cover - sweep_layers records these as rows
-                    _fail(log, rows, done, arch_key, arch, shape, e)
-                except Exception as e:  # noqa: BLE001 - a failing architecture must not stop the sweep
-                    _fail(log, rows, done, arch_key, arch, shape, e)
+                _fail(log, done, arch_key, arch, shape, index, e)
+            except RFTooLarge as e:  # pragma: no cover - sweep_layers records these as rows
+                _fail(log, done, arch_key, arch, shape, index, e)
+            except Exception as e:  # noqa: BLE001 - a failing architecture must not stop the sweep
+                _fail(log, done, arch_key, arch, shape, index, e)
     finally:
         bar.close()
         log.close()
-    return rows
+    if joint:
+        from rfjax.distributed import barrier
+
+        barrier(f"rfjax-sweep-finished:{path.name}")
+        if index == 0:
+            merge_shards(path)
+        barrier(f"rfjax-sweep-merged:{path.name}")
+    elif count == 1:
+        merge_shards(path)  # shards left by an earlier multi-process run
+    return read_rows(path)
 
 
-def _fail(log: _Log, rows: list, done: set, key: str, arch: Arch, shape, e: BaseException) -> None:
-    rec = {"key": key, "arch": arch.name, "input": list(shape), "layer": None, "status": "error",
-           "error": f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"[:500]}
+def _processes(index: int | None, count: int | None) -> tuple[int, int, bool]:
+    """``(process index, process count, whether they form a jax.distributed job)``."""
+    import jax
+
+    job = jax.process_count()
+    if job > 1 and (count not in (None, job) or index not in (None, jax.process_index())):
+        raise RFError(
+            f"process_index={index!r}, process_count={count!r} differ from this jax.distributed job's "
+            f"({jax.process_index()} of {job}); leave them out to use the job's."
+        )
+    index = jax.process_index() if index is None else index
+    count = job if count is None else count
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise RFError(f"process_count={count!r} must be a positive int.")
+    if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < count:
+        raise RFError(f"process_index={index!r} must be between 0 and {count - 1} (process_count - 1).")
+    return index, count, job > 1
+
+
+def merge_shards(out: str | os.PathLike) -> int:
+    """Fold the per-process shards ``out.p<k>`` into ``out`` and delete them.
+
+    Rows already in ``out`` are skipped, so a merge cut short by a crash is simply run
+    again; a one-process :func:`sweep`, and process 0 of a job, end with one. Returns
+    the number of rows added.
+    """
+    path = Path(out)
+    shards = _shards(path)
+    if not shards:
+        return 0
+    done = {r["key"] for r in _read_file(path)}
+    new = []
+    for shard in shards:
+        for row in _read_file(shard):
+            if row["key"] not in done:
+                done.add(row["key"])
+                new.append(row)
+    log = _Log(path)
+    try:
+        if new:
+            log.append(*new)
+    finally:
+        log.close()
+    for shard in shards:
+        shard.unlink(missing_ok=True)
+    return len(new)
+
+
+def _fail(log: _Log, done: set, key: str, arch: Arch, shape, process: int, e: BaseException) -> None:
+    rec = {
+        "key": key,
+        "arch": arch.name,
+        "input": list(shape),
+        "layer": None,
+        "status": "error",
+        "process": process,
+        "error": f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"[:500],
+    }
     log.append(rec)
-    rows.append(rec)
     done.add(key)

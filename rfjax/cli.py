@@ -34,7 +34,9 @@ def _demo(args: argparse.Namespace) -> int:
     t1 = time.perf_counter()
     print("README network of `receptivefield` (Flax), input", "x".join(map(str, shape)))
     print(f"  {rf}")
-    print(f"  fitted on {rf.cells_used} grid lines ({rf.cells_clipped} clipped) in {t1 - t0:.2f} s (incl. compile)")
+    print(
+        f"  fitted on {rf.cells_used} grid lines ({rf.cells_clipped} clipped) in {t1 - t0:.2f} s (incl. compile)"
+    )
     maps = rfjax.gradient_maps(rfjax.prepare.linearize(model), np.ones(shape, np.float32))
     centre = (rf.output_shape.h // 2, rf.output_shape.w // 2)
     f1 = out / "gradient_at_centre.png"
@@ -120,12 +122,58 @@ def _sweep_layers(args: argparse.Namespace) -> int:
 def _sweep(args: argparse.Namespace) -> int:
     from rfjax.arch_sweep import load_spec, sweep
 
-    rows = sweep(load_spec(args.spec), args.out, progress=not args.quiet)
+    job = (args.coordinator, args.num_processes, args.process_id)
+    if args.processes is not None and args.processes < 1:
+        raise RFError(f"--processes {args.processes} must be at least 1.")
+    if args.processes is not None and any(v is not None for v in job):
+        raise RFError(
+            "--processes starts its own local job; leave out --coordinator, --num-processes and --process-id."
+        )
+    if any(v is not None for v in job) and any(v is None for v in job):
+        raise RFError(
+            "--coordinator, --num-processes and --process-id go together; pass all three on every host."
+        )
+    archs = load_spec(args.spec)
+    if args.processes is not None and args.processes > 1:
+        return _launch_sweep(args)
+    if args.coordinator is not None:
+        from rfjax.distributed import initialize
+
+        initialize(args.coordinator, args.num_processes, args.process_id)
+    rows = sweep(archs, args.out, progress=not args.quiet)
+    if args.process_id:
+        return 0  # process 0 reports for the whole job
     failed = [r for r in rows if r.get("status") == "error"]
-    print(f"{len(rows) - len(failed)} rows measured, {len(failed)} architectures failed; all rows are in {args.out}")
+    print(
+        f"{len(rows) - len(failed)} rows measured, {len(failed)} architectures failed; all rows are in {args.out}"
+    )
     for r in failed:
         print(f"  {r['arch']} {'x'.join(map(str, r['input']))}: {r['error']}")
     return 0
+
+
+def _launch_sweep(args: argparse.Namespace) -> int:
+    """``--processes N``: N workers of one jax.distributed job on this machine."""
+    from rfjax.distributed import launch_local
+
+    def worker(k: int, coordinator: str) -> list[str]:
+        argv = [sys.executable, "-m", "rfjax.cli", "sweep", args.spec, "--out", args.out]
+        argv += ["--coordinator", coordinator, "--num-processes", str(args.processes), "--process-id", str(k)]
+        return argv + (["--quiet"] if args.quiet or k > 0 else [])  # one progress bar: process 0's
+
+    code = launch_local(worker, args.processes)
+    if code:
+        why = (
+            f"was killed by signal {-code}"
+            if code < 0
+            else f"stopped with exit code {code} (its message is above)"
+        )
+        print(
+            f"rfjax: error: a worker process {why}; the rows finished so far are kept in {args.out} and its "
+            "shards, and the same command resumes.",
+            file=sys.stderr,
+        )
+    return code if code >= 0 else 128 - code
 
 
 def _read_image(path: str, hw: tuple[int, int], scale: float) -> np.ndarray:
@@ -135,7 +183,9 @@ def _read_image(path: str, hw: tuple[int, int], scale: float) -> np.ndarray:
     try:
         img = np.asarray(matplotlib.image.imread(path), np.float32)
     except (OSError, ValueError, SyntaxError) as e:
-        raise RFError(f"image {path!r} cannot be read ({type(e).__name__}); pass PNG or JPEG files.") from None
+        raise RFError(
+            f"image {path!r} cannot be read ({type(e).__name__}); pass PNG or JPEG files."
+        ) from None
     if img.dtype.kind == "f" and img.max() > 1.0:
         img = img / 255.0
     if img.ndim == 2:
@@ -154,14 +204,20 @@ def _cam(args: argparse.Namespace) -> int:
 
     keras_model = load(args.model, safe_mode=True)
     feature, dense = (args.layer, None) if args.layer else keras_cam_layers(keras_model)
-    model = converters.from_keras(keras_model, outputs=[feature, dense] if dense else [feature, keras_model.output_names[0]])
+    model = converters.from_keras(
+        keras_model, outputs=[feature, dense] if dense else [feature, keras_model.output_names[0]]
+    )
     h, w, c = model.input_shape
     images = np.stack([_read_image(p, (h, w), args.scale) for p in args.images])
     if images.shape[-1] != c:
-        raise RFError(f"the images have {images.shape[-1]} channels but {args.model} expects {c}; convert them first.")
+        raise RFError(
+            f"the images have {images.shape[-1]} channels but {args.model} expects {c}; convert them first."
+        )
     method = "cam" if dense else "grad_cam"
     logits = dense or keras_model.output_names[0]
-    result = rfjax.class_activation_maps(model, images, method=method, layer=feature, logits=logits, top_k=args.top_k)
+    result = rfjax.class_activation_maps(
+        model, images, method=method, layer=feature, logits=logits, top_k=args.top_k
+    )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for n, path in enumerate(args.images):
@@ -201,7 +257,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--layer", help="layer name (default: the model's last output)")
     e.add_argument("--input", type=_shape, help="input size HxWxC, e.g. 224x224x3 (default: the model's)")
     e.add_argument("--grow", action="store_true", help="grow the input when the RF is larger than it")
-    e.add_argument("--out", default="rfjax-estimate", help="folder for the figures (default: ./rfjax-estimate)")
+    e.add_argument(
+        "--out", default="rfjax-estimate", help="folder for the figures (default: ./rfjax-estimate)"
+    )
     e.set_defaults(func=_estimate)
 
     sl = sub.add_parser(
@@ -212,8 +270,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sl.add_argument("model", metavar="MODEL", help=model_help)
     sl.add_argument("--input", type=_shape, help="input size HxWxC (default: the model's)")
-    sl.add_argument("--grow", action="store_true", help="grow the input for layers whose RF is larger than it")
-    sl.add_argument("--table", default="rf_layers.csv", help="output table, .csv or .json (default: rf_layers.csv)")
+    sl.add_argument(
+        "--grow", action="store_true", help="grow the input for layers whose RF is larger than it"
+    )
+    sl.add_argument(
+        "--table", default="rf_layers.csv", help="output table, .csv or .json (default: rf_layers.csv)"
+    )
     sl.add_argument("--plot", default="rf_layers.png", help="output plot (default: rf_layers.png)")
     sl.set_defaults(func=_sweep_layers)
 
@@ -225,8 +287,23 @@ def build_parser() -> argparse.ArgumentParser:
         "run it again with the same --out to resume after a crash.",
     )
     sw.add_argument("spec", metavar="SPEC", help="JSON spec file")
-    sw.add_argument("--out", default="rf_sweep.jsonl", help="JSON-lines results file (default: rf_sweep.jsonl)")
+    sw.add_argument(
+        "--out", default="rf_sweep.jsonl", help="JSON-lines results file (default: rf_sweep.jsonl)"
+    )
     sw.add_argument("--quiet", action="store_true", help="no progress bar")
+    sw.add_argument(
+        "--processes",
+        type=int,
+        metavar="N",
+        help="run as N worker processes on this machine (one jax.distributed job)",
+    )
+    sw.add_argument(
+        "--coordinator",
+        metavar="HOST:PORT",
+        help="multi-host run: address of process 0; every host runs the same command",
+    )
+    sw.add_argument("--num-processes", type=int, metavar="N", help="multi-host run: processes in the job")
+    sw.add_argument("--process-id", type=int, metavar="K", help="multi-host run: this process, 0 .. N-1")
     sw.set_defaults(func=_sweep)
 
     c = sub.add_parser(
@@ -239,7 +316,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("images", metavar="IMAGES", nargs="+", help="PNG or JPEG files")
     c.add_argument("--layer", help="explain this conv layer with Grad-CAM instead of the CAM head")
     c.add_argument("--top-k", type=int, default=3, help="classes per image (default: 3)")
-    c.add_argument("--scale", type=float, default=255.0, help="pixel values are [0, 1] times this (default: 255)")
+    c.add_argument(
+        "--scale", type=float, default=255.0, help="pixel values are [0, 1] times this (default: 255)"
+    )
     c.add_argument("--out", default="rfjax-cam", help="folder for the overlays (default: ./rfjax-cam)")
     c.set_defaults(func=_cam)
     return p
@@ -247,7 +326,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``rfjax`` command; returns the exit code (0 ok, 2 bad input)."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter, when a converter loads it
+    # TensorFlow's start-up chatter, when a converter loads it (also quiets sweep workers)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

@@ -134,7 +134,9 @@ def _program(fn: Callable, with_params: bool, input_channels: InputChannels, n_d
 
     if n_devices <= 1:
         return jax.jit(run)
-    mesh = jax.make_mesh((n_devices,), ("slots",), axis_types=(jax.sharding.AxisType.Auto,))
+    mesh = jax.make_mesh(
+        (n_devices,), ("slots",), devices=jax.local_devices()[:n_devices], axis_types=(jax.sharding.AxisType.Auto,)
+    )
     spec = jax.sharding.PartitionSpec
 
     def sharded(params, x, masks, chans):

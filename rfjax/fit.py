@@ -13,6 +13,7 @@ and are left out. From the rest:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import weakref
 from collections.abc import Callable, Sequence
@@ -38,17 +39,25 @@ class _TooSmall(Exception):
         self.everywhere = everywhere
 
 
-def _axis_fit(index: np.ndarray, supports: list[np.ndarray], n: int, axis: str):
+def _axis_fit(index: np.ndarray, supports: list[np.ndarray], n: int, axis: str, strict: bool = False):
     """Fit one axis. ``supports[k]`` holds the input indices touched by entry ``k``,
-    whose grid index is ``index[k]``; ``n`` is the input length on this axis."""
+    whose grid index is ``index[k]``; ``n`` is the input length on this axis.
+
+    ``strict`` also leaves out cells whose support touches the edge of the reachable
+    input (used while the input can still grow: two RFs clipped at opposite ends can
+    tie at the largest extent by chance)."""
     lo = np.array([s[0] for s in supports], float)
     hi = np.array([s[-1] for s in supports], float)
     extent = hi - lo + 1
-    whole = (lo == 0) & (hi == n - 1)
+    # The reachable input: a strided 'valid' layer may never read the last pixels.
+    first, last = lo.min(), hi.max()
+    whole = (lo == first) & (hi == last)
     # A cell whose RF reaches into padding (or past a strided layer's unread edge)
     # loses pixels at one end, so only cells of the largest extent are whole; one
-    # spanning the entire axis may be clipped on both sides.
+    # spanning the whole reachable input may be clipped on both sides.
     free = (extent == extent.max()) & ~whole
+    if strict:
+        free &= (lo > first) & (hi < last)
     everywhere = bool(np.all(whole))
     if np.unique(index[free]).size < 2:
         raise _TooSmall(axis, everywhere)
@@ -75,6 +84,7 @@ def fit(
     *,
     method: str,
     name: Any = None,
+    strict: bool = False,
 ) -> ReceptiveField:
     """Fit a :class:`ReceptiveField` from per-axis supports.
 
@@ -83,8 +93,8 @@ def fit(
       cols: the same for columns.
     Raises ``_TooSmall`` when an axis has fewer than two unclipped grid indices.
     """
-    sh, st_h, off_h, res_h, free_h = _axis_fit(rows[0], rows[1], int(input_shape.h), "h")
-    sw, st_w, off_w, res_w, free_w = _axis_fit(cols[0], cols[1], int(input_shape.w), "w")
+    sh, st_h, off_h, res_h, free_h = _axis_fit(rows[0], rows[1], int(input_shape.h), "h", strict)
+    sw, st_w, off_w, res_w, free_w = _axis_fit(cols[0], cols[1], int(input_shape.w), "w", strict)
     if method == "cells":
         used = int(np.sum(free_h & free_w))
         total = len(free_h)
@@ -106,7 +116,7 @@ def fit(
     )
 
 
-def fit_maps(maps: GradientMaps) -> ReceptiveField:
+def fit_maps(maps: GradientMaps, strict: bool = False) -> ReceptiveField:
     """Fit the RF from per-cell gradient maps (``method="cells"``)."""
     flat = maps.flat
     nz = np.abs(flat) > 0
@@ -117,7 +127,7 @@ def fit_maps(maps: GradientMaps) -> ReceptiveField:
     cols = [np.flatnonzero(m.any(axis=0)) for m in nz]
     return fit(
         (maps.cells[:, 0], rows), (maps.cells[:, 1], cols), maps.input_shape, maps.output_shape,
-        method="cells", name=maps.name,
+        method="cells", name=maps.name, strict=strict,
     )
 
 
@@ -151,13 +161,21 @@ def _is_keras(model: Any) -> bool:
     return type(model).__module__.split(".")[0] in ("keras", "tf_keras") and hasattr(model, "layers")
 
 
-def _view(model: Any, outputs: Sequence | None, prepared: bool) -> Any:
-    """The (prepared) converted model restricted to ``outputs``, cached per model so
-    repeated calls reuse one compiled program."""
+def _view(model: Any, outputs: Sequence | None, prepared: bool, held: bool = False, one_channel: bool = True) -> Any:
+    """The (prepared) converted model restricted to ``outputs``, with its global
+    branches ``held`` constant or not, with one channel per layer where the model
+    offers it (same supports, far cheaper); cached per model so repeated calls reuse
+    one compiled program."""
     cache = _VIEWS.setdefault(model, {})
-    key = (prepared, None if outputs is None else tuple(outputs))
+    key = (prepared, held, one_channel, None if outputs is None else tuple(outputs))
     if key not in cache:
-        view = model.prepared() if prepared else model
+        view = model
+        if prepared:
+            try:
+                view = model.prepared(one_channel=one_channel)
+            except TypeError:  # a converted model without the one-channel rewrite
+                view = model.prepared()
+        view = view.held() if held else view
         cache[key] = view if outputs is None else view.with_outputs(list(outputs))
     return cache[key]
 
@@ -262,10 +280,12 @@ def receptive_field(
         outputs = [layer]
     if _is_keras(fn):
         fn = _from_keras(fn, input_shape)
-    if _is_converted(fn):
-        if input_shape is None and x is None and None not in tuple(fn.input_shape):
-            input_shape = fn.input_shape
-        view = _view(fn, outputs, prepare)
+    converted = fn if _is_converted(fn) else None
+    if converted is not None:
+        if input_shape is None and x is None and None not in tuple(converted.input_shape):
+            input_shape = converted.input_shape
+        one = channels is None
+        view = _view(converted, outputs, prepare, one_channel=one)
         base, params, outputs = view.apply, view.params, None
     else:
         base, params = _resolve(fn, params)
@@ -274,28 +294,57 @@ def receptive_field(
             base = _prepared_fn(base)
     shape = _input_shape(input_shape, x)
     method = ("lines" if prepare else "cells") if method == "auto" else method
+    held: frozenset = frozenset()  # outputs measured with their global branches held
     while True:
         xin = constant_input(shape) if (x is None or tuple(np.shape(x))[-3:] != tuple(shape)) else x
+        can_grow = grow and x is None and max(shape[0], shape[1]) < max_input
         try:
-            result = _fit_all(base, params, xin, method, outputs, channels)
-            return result[layer] if layer is not None and isinstance(result, dict) else result
+            result = _fit_all(base, params, xin, method, outputs, channels, strict=can_grow)
         except _TooSmall as e:
-            if grow and x is None and max(shape[0], shape[1]) * 2 <= max_input:
-                shape = (shape[0] * 2, shape[1] * 2, shape[2])
+            if e.everywhere and not held and converted is not None:
+                held = _global_outputs(converted, view)
+                if held:  # squeeze-excitation, image pooling: measure the local path, say it is global
+                    view = _view(converted, view.output_names, prepare, held=True, one_channel=one)
+                    base, params = view.apply, view.params
+                    continue
+            if can_grow:  # double, the last step landing on max_input
+                f = min(2.0, max_input / max(shape[0], shape[1]))
+                shape = (int(shape[0] * f), int(shape[1] * f), shape[2])
                 continue
-            if e.everywhere:
-                msg = (
-                    f"every cell's RF covers the whole {shape[0]}x{shape[1]} input: either the RF is larger than "
-                    "the input (pass a larger input_shape or grow=True) or the output depends on the whole "
-                    "input (global pooling, squeeze-and-excitation), which has no finite RF."
-                )
-            else:
-                msg = (
-                    f"the RF is larger than the {shape[0]}x{shape[1]} input along axis {e.axis} (fewer than two grid "
-                    f"{'rows' if e.axis == 'h' else 'columns'} have an RF clear of the border); pass a larger "
-                    "input_shape, or grow=True for a fully convolutional function."
-                )
-            raise RFTooLarge(msg, e.axis, e.everywhere, (shape[0], shape[1])) from None
+            raise _too_large(e, shape) from None
+        except RFError as e:
+            if held and "is zero for" in str(e):
+                raise RFError(
+                    f"{', '.join(map(repr, sorted(held)))} depends on the whole input only (global pooling with no "
+                    "convolutional path to the input); it has no finite RF."
+                ) from None
+            raise
+        if held and isinstance(result, dict):
+            result = {k: dataclasses.replace(r, global_=True) if k in held else r for k, r in result.items()}
+        return result[layer] if layer is not None and isinstance(result, dict) else result
+
+
+def _global_outputs(model: Any, view: Any) -> frozenset:
+    """The outputs of ``view`` that depend on the whole input through a global node."""
+    if not hasattr(model, "depends_globally"):
+        return frozenset()
+    return frozenset(n for n in view.output_names if model.depends_globally(n))
+
+
+def _too_large(e: _TooSmall, shape: tuple[int, int, int]) -> RFTooLarge:
+    if e.everywhere:
+        msg = (
+            f"every cell's RF covers the whole {shape[0]}x{shape[1]} input: either the RF is larger than "
+            "the input (pass a larger input_shape or grow=True) or the output depends on the whole "
+            "input (global pooling, squeeze-and-excitation), which has no finite RF."
+        )
+    else:
+        msg = (
+            f"the RF is larger than the {shape[0]}x{shape[1]} input along axis {e.axis} (fewer than two grid "
+            f"{'rows' if e.axis == 'h' else 'columns'} have an RF clear of the border); pass a larger "
+            "input_shape, or grow=True for a fully convolutional function."
+        )
+    return RFTooLarge(msg, e.axis, e.everywhere, (shape[0], shape[1]))
 
 
 def _input_shape(input_shape: Sequence[int] | None, x: Any) -> tuple[int, int, int]:
@@ -307,12 +356,12 @@ def _input_shape(input_shape: Sequence[int] | None, x: Any) -> tuple[int, int, i
     return tuple(int(v) for v in shape)
 
 
-def _fit_all(fn: Callable, params: Any, x: Any, method: str, outputs, channels):
+def _fit_all(fn: Callable, params: Any, x: Any, method: str, outputs, channels, strict: bool = False):
     if method == "cells":
         maps = engine.gradient_maps(fn, x, params=params, outputs=outputs, channels=channels, strategy="auto")
         if isinstance(maps, GradientMaps):
-            return fit_maps(maps)
-        return {k: fit_maps(m) for k, m in maps.items()}
+            return fit_maps(maps, strict)
+        return {k: fit_maps(m, strict) for k, m in maps.items()}
     xb = engine._as_batch(x)
     fn = engine.restrict(fn, outputs, params is not None)
     _, names, shapes = engine.output_shapes(engine.bind(fn, params), xb)
@@ -342,10 +391,10 @@ def _fit_all(fn: Callable, params: Any, x: Any, method: str, outputs, channels):
     for k, g in grids.items():
         if _is_product(np.abs(seen[k]) > 0, probes[k], *lines[k]):
             rows, cols = (np.arange(g[0]), lines[k][0]), (np.arange(g[1]), lines[k][1])
-            out[names[k]] = fit(rows, cols, hw, HW(*g), method="lines", name=names[k])
+            out[names[k]] = fit(rows, cols, hw, HW(*g), method="lines", name=names[k], strict=strict)
         else:  # an RF that is not a product of row and column sets: fit cell by cell
             maps = engine.gradient_maps(fn, x, params=params, outputs=[names[k]] if names != [None] else None, channels=channels)
-            out[names[k]] = fit_maps(maps[names[k]] if isinstance(maps, dict) else maps)
+            out[names[k]] = fit_maps(maps[names[k]] if isinstance(maps, dict) else maps, strict)
     return out[None] if names == [None] else out
 
 

@@ -100,6 +100,28 @@ def receptive_field(params=None, input_shape: Sequence[int] = README_INPUT):
     return rfjax.receptive_field(readme_net, tuple(input_shape), params=params)
 
 
+# --------------------------------------------------------------------------- keras.applications
+
+
+def keras_application(name: str, input_shape: Sequence[int] = (224, 224, 3)):
+    """The benchmark's ``keras.applications`` model (:func:`benchmarks.tf_ways.keras_application`:
+    no top, constant weights, activations and max pooling kept) converted by
+    :func:`converters.from_keras`: ``(apply, params, x)``. Imports TensorFlow (to build it)."""
+    import converters
+    from benchmarks import tf_ways
+
+    model = converters.from_keras(tf_ways.keras_application(name, input_shape))
+    return model.apply, model.params, ones_input(input_shape)
+
+
+def gradient_maps_of(converted, *, strategy: str = "auto") -> np.ndarray:
+    """Input gradients (summed over input channels) of every cell of a converted model's
+    single output, with the model's own (constant) weights: ``(Ho, Wo, H, W)``."""
+    apply, params, x = converted
+    (maps,) = rfjax.gradient_maps(apply, x, params=params, input_channels="sum", strategy=strategy).values()
+    return maps.maps
+
+
 WAYS = {
     "rfjax_gradient_maps": gradient_maps,
     "rfjax_gradient_maps_dense": gradient_maps_dense,

@@ -55,12 +55,13 @@ RESULT_TAG = "BENCH-RESULT "
 @dataclasses.dataclass(frozen=True)
 class Network:
     """A network to time. ``tf_model()`` builds the Keras model (constant weights);
-    ``rfjax`` is ``None`` while the network has no JAX port here (TF ways only)."""
+    ``keras_app`` names the ``keras.applications`` model that the rfjax ways convert with
+    :func:`converters.from_keras` (``None`` for the README network, which has a native JAX port)."""
 
     title: str
     input_shape: tuple[int, int, int]
     tf_model: Callable[[], Any]
-    rfjax: bool = False
+    keras_app: str | None = None
 
 
 def _readme_tf():
@@ -79,12 +80,13 @@ def _application(name: str) -> Callable[[], Any]:
 
 
 NETWORKS: dict[str, Network] = {
-    "readme_net": Network("receptivefield README network", (96, 96, 3), _readme_tf, rfjax=True),
-    # Issue 5: keras.applications at 224 (weights=None, no top, constant weights); TF ways only
-    # until the Keras converter lands. Run with --networks resnet50 vgg16 mobilenetv2.
-    "resnet50": Network("ResNet50 (keras.applications, no top)", (224, 224, 3), _application("ResNet50")),
-    "vgg16": Network("VGG16 (keras.applications, no top)", (224, 224, 3), _application("VGG16")),
-    "mobilenetv2": Network("MobileNetV2 (keras.applications, no top)", (224, 224, 3), _application("MobileNetV2")),
+    "readme_net": Network("receptivefield README network", (96, 96, 3), _readme_tf),
+    # keras.applications at 224 (weights=None, no top, constant weights, ReLU and max pooling kept)
+    "resnet50": Network("ResNet50 (keras.applications, no top)", (224, 224, 3), _application("ResNet50"), "ResNet50"),
+    "vgg16": Network("VGG16 (keras.applications, no top)", (224, 224, 3), _application("VGG16"), "VGG16"),
+    "mobilenetv2": Network(
+        "MobileNetV2 (keras.applications, no top)", (224, 224, 3), _application("MobileNetV2"), "MobileNetV2"
+    ),
 }
 DEFAULT_NETWORKS = ("readme_net",)
 
@@ -107,10 +109,14 @@ WAYS: dict[str, Way] = {
     "rfjax_gradient_maps_dense": Way("rfjax", "rfjax.gradient_maps (all cells, strategy dense)"),
     "rfjax_receptive_field": Way("rfjax", "rfjax.receptive_field (RF fit)"),
 }
+# the ways a converted keras.applications model has (the RF fit of those is the zoo sweep's job)
+_APP_WAYS = ("rfjax_gradient_maps", "rfjax_gradient_maps_dense")
 
 
 def ways_for(network: Network) -> list[str]:
-    return [w for w, spec in WAYS.items() if spec.kind == "tf" or network.rfjax]
+    return [
+        w for w, spec in WAYS.items() if spec.kind == "tf" or network.keras_app is None or w in _APP_WAYS
+    ]
 
 
 def _setup(network_name: str, way: str) -> Callable[[], Any]:
@@ -123,8 +129,10 @@ def _setup(network_name: str, way: str) -> Callable[[], Any]:
         return lambda: fn(model)
     from benchmarks import rfjax_ways
 
-    if network_name != "readme_net":  # pragma: no cover - no other JAX port yet
-        raise SystemExit(f"no rfjax port of {network_name}")
+    if net.keras_app is not None:
+        converted = rfjax_ways.keras_application(net.keras_app, net.input_shape)
+        strategy = "dense" if way.endswith("_dense") else "auto"
+        return lambda: rfjax_ways.gradient_maps_of(converted, strategy=strategy)
     params = rfjax_ways.readme_params()
     fn = rfjax_ways.WAYS[way]
     return lambda: fn(params)

@@ -50,7 +50,10 @@ def readme_params(channels: int = 3, width: float = 1.0) -> list[dict[str, jax.A
         c_out = max(1, round(n * width))
         value = 1.0 / (c_in * math.sqrt(k * k))
         params.append(
-            {"kernel": jnp.full((k, k, c_in, c_out), value, jnp.float32), "bias": jnp.zeros((c_out,), jnp.float32)}
+            {
+                "kernel": jnp.full((k, k, c_in, c_out), value, jnp.float32),
+                "bias": jnp.zeros((c_out,), jnp.float32),
+            }
         )
         c_in = c_out
     return params
@@ -80,7 +83,9 @@ def ones_input(input_shape: Sequence[int] = README_INPUT) -> np.ndarray:
 # --------------------------------------------------------------------------- ways
 
 
-def gradient_maps(params=None, x=None, *, strategy: str = "auto", cells=None, input_channels: str = "sum") -> np.ndarray:
+def gradient_maps(
+    params=None, x=None, *, strategy: str = "auto", cells=None, input_channels: str = "sum"
+) -> np.ndarray:
     """Input gradients (summed over input channels) of every cell via ``rfjax.gradient_maps``."""
     params = readme_params() if params is None else params
     x = ones_input() if x is None else x

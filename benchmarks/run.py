@@ -82,7 +82,9 @@ def _application(name: str) -> Callable[[], Any]:
 NETWORKS: dict[str, Network] = {
     "readme_net": Network("receptivefield README network", (96, 96, 3), _readme_tf),
     # keras.applications at 224 (weights=None, no top, constant weights, ReLU and max pooling kept)
-    "resnet50": Network("ResNet50 (keras.applications, no top)", (224, 224, 3), _application("ResNet50"), "ResNet50"),
+    "resnet50": Network(
+        "ResNet50 (keras.applications, no top)", (224, 224, 3), _application("ResNet50"), "ResNet50"
+    ),
     "vgg16": Network("VGG16 (keras.applications, no top)", (224, 224, 3), _application("VGG16"), "VGG16"),
     "mobilenetv2": Network(
         "MobileNetV2 (keras.applications, no top)", (224, 224, 3), _application("MobileNetV2"), "MobileNetV2"
@@ -114,9 +116,7 @@ _APP_WAYS = ("rfjax_gradient_maps", "rfjax_gradient_maps_dense")
 
 
 def ways_for(network: Network) -> list[str]:
-    return [
-        w for w, spec in WAYS.items() if spec.kind == "tf" or network.keras_app is None or w in _APP_WAYS
-    ]
+    return [w for w, spec in WAYS.items() if spec.kind == "tf" or network.keras_app is None or w in _APP_WAYS]
 
 
 def _setup(network_name: str, way: str) -> Callable[[], Any]:
@@ -253,14 +253,22 @@ def run_way(network_name: str, way: str, repeats: int, timeout: float) -> dict:
     env = dict(os.environ)
     env["TF_CPP_MIN_LOG_LEVEL"] = "2"
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", network_name, way, "--repeats", str(repeats)]
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--child",
+        network_name,
+        way,
+        "--repeats",
+        str(repeats),
+    ]
     try:
         proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {timeout:.0f} s"}
     for line in proc.stdout.splitlines():
         if line.startswith(RESULT_TAG):
-            return json.loads(line[len(RESULT_TAG):])
+            return json.loads(line[len(RESULT_TAG) :])
     tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
     return {"error": f"exit {proc.returncode}: {tail[0][:300]}"}
 
@@ -277,7 +285,9 @@ def cross_check(results: dict[str, dict]) -> list[str]:
             elif abs(m["sum"] - ref["sum"]) > 1e-4 * max(abs(ref["sum"]), 1e-30):
                 problems.append(f"{w}: gradient sum {m['sum']:.7g} != {ref_way}'s {ref['sum']:.7g}")
             if m["support00"] != ref["support00"]:
-                problems.append(f"{w}: support of cell (0, 0) {m['support00']} != {ref_way}'s {ref['support00']}")
+                problems.append(
+                    f"{w}: support of cell (0, 0) {m['support00']} != {ref_way}'s {ref['support00']}"
+                )
     for w, r in results.items():
         rf = r.get("check", {}).get("rf")
         if rf and maps:
@@ -286,7 +296,9 @@ def cross_check(results: dict[str, dict]) -> list[str]:
                 r0, r1, c0, c1 = ref["support00"]
                 # cell (0, 0)'s support starts at the input's corner here, so its extent is the RF size
                 if (r0, c0) == (0, 0) and [float(r1 - r0), float(c1 - c0)] != rf["size"]:
-                    problems.append(f"{w}: RF size {rf['size']} != support extent of cell (0, 0) {[r1 - r0, c1 - c0]}")
+                    problems.append(
+                        f"{w}: RF size {rf['size']} != support extent of cell (0, 0) {[r1 - r0, c1 - c0]}"
+                    )
     return problems
 
 
@@ -296,7 +308,9 @@ def _fmt(v: float | None, digits: int = 3) -> str:
 
 def markdown(network_name: str, results: dict[str, dict], m: dict, repeats: int, problems: list[str]) -> str:
     net = NETWORKS[network_name]
-    tf_steady = [r["steady_median_s"] for w, r in results.items() if WAYS[w].kind == "tf" and r.get("steady_median_s")]
+    tf_steady = [
+        r["steady_median_s"] for w, r in results.items() if WAYS[w].kind == "tf" and r.get("steady_median_s")
+    ]
     fastest_tf = min(tf_steady) if tf_steady else None
     h, w_, c = net.input_shape
     lines = [
@@ -334,7 +348,7 @@ def replace_in_readme(path: Path, network_name: str, text: str) -> bool:
     except OSError as e:
         print(f"error: cannot read {path}: {e.strerror}; README not updated.", file=sys.stderr)
         return False
-    pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.S)
+    pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.DOTALL)
     if not pattern.search(doc):
         print(f"error: {path} lacks the markers {start} ... {end}; README not updated.", file=sys.stderr)
         return False
@@ -350,7 +364,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=5, help="steady-state calls after the first (default 5)")
     ap.add_argument("--timeout", type=float, default=1800.0, help="seconds per way (default 1800)")
     ap.add_argument("--readme", type=Path, help="update the bench:<network> block of this Markdown file")
-    ap.add_argument("--out", type=Path, default=RESULTS, help=f"results folder (default {RESULTS.relative_to(ROOT)})")
+    ap.add_argument(
+        "--out", type=Path, default=RESULTS, help=f"results folder (default {RESULTS.relative_to(ROOT)})"
+    )
     ap.add_argument("--child", nargs=2, metavar=("NETWORK", "WAY"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 

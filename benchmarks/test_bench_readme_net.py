@@ -15,7 +15,7 @@ import pytest
 
 pytest.importorskip("tensorflow")
 
-from benchmarks import rfjax_ways, tf_ways  # noqa: E402
+from benchmarks import rfjax_ways, tf_ways
 
 ROUNDS = 5
 GRID = (16, 16, 96, 96)

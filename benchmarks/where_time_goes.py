@@ -30,9 +30,9 @@ from jax import lax
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import rfjax  # noqa: E402
-from benchmarks.rfjax_ways import README_INPUT, readme_net, readme_params  # noqa: E402
-from rfjax import engine  # noqa: E402
+import rfjax
+from benchmarks.rfjax_ways import README_INPUT, readme_net, readme_params
+from rfjax import engine
 
 
 def steady(fn, repeats: int) -> float:

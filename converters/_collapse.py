@@ -28,7 +28,7 @@ _RESHAPES = ("Reshape", "ops.Reshape")
 
 def config(config: dict) -> dict:
     """``config`` with every channel count set to 1."""
-    return {k: (1 if k in _CHANNEL_KEYS and config[k] is not None else v) for k, v in config.items()}
+    return {k: (1 if k in _CHANNEL_KEYS and v is not None else v) for k, v in config.items()}
 
 
 def weight(w: np.ndarray) -> np.ndarray:

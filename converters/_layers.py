@@ -22,6 +22,7 @@ import numpy as np
 from jax import lax
 
 from converters._activations import activation, relu
+from converters._conv import conv, max_pool
 from converters._registry import Params, register
 from rfjax.errors import RFError
 
@@ -112,15 +113,7 @@ def conv2d(config: dict, weights: dict, rf: bool):
     act = activation(config.get("activation"), rf)
 
     def apply(p, x):
-        y = lax.conv_general_dilated(
-            x,
-            p["kernel"],
-            strides,
-            padding,
-            rhs_dilation=dilation,
-            dimension_numbers=_layout(config),
-            feature_group_count=groups,
-        )
+        y = conv(x, p["kernel"], strides, padding, dilation, groups, cf)
         return act(_add_channels(y, p["bias"], cf) if "bias" in p else y)
 
     return apply, _kernel_params(config, weights, rf, weights["kernel"])
@@ -134,15 +127,9 @@ def _depthwise_kernel(kernel: np.ndarray) -> np.ndarray:
 
 
 def _depthwise(x: jax.Array, kernel: jax.Array, config: dict) -> jax.Array:
-    return lax.conv_general_dilated(
-        x,
-        kernel,
-        _pair(config["strides"]),
-        config["padding"].upper(),
-        rhs_dilation=_pair(config["dilation_rate"]),
-        dimension_numbers=_layout(config),
-        feature_group_count=kernel.shape[-1] // int(config.get("depth_multiplier", 1)),
-    )
+    groups = kernel.shape[-1] // int(config.get("depth_multiplier", 1))
+    strides, dilation = _pair(config["strides"]), _pair(config["dilation_rate"])
+    return conv(x, kernel, strides, config["padding"].upper(), dilation, groups, _channels_first(config))
 
 
 @register("DepthwiseConv2D")
@@ -165,9 +152,7 @@ def separable_conv2d(config: dict, weights: dict, rf: bool):
 
     def apply(p, x):
         y = _depthwise(x, p["depthwise_kernel"], config)
-        y = lax.conv_general_dilated(
-            y, p["pointwise_kernel"], (1, 1), "VALID", dimension_numbers=_layout(config)
-        )
+        y = conv(y, p["pointwise_kernel"], (1, 1), "VALID", channels_first=cf)
         return act(_add_channels(y, p["bias"], cf) if "bias" in p else y)
 
     return apply, params
@@ -263,7 +248,7 @@ def max_pooling2d(config: dict, weights: dict, rf: bool):
     if rf:
         return (lambda p, x: _avg_pool(x, config)), {}
     window, strides, padding = _pool_args(config)
-    return (lambda p, x: lax.reduce_window(x, -jnp.inf, lax.max, window, strides, padding)), {}
+    return (lambda p, x: max_pool(x, window, strides, padding)), {}
 
 
 @register("AveragePooling2D")

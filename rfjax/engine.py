@@ -19,7 +19,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -30,6 +30,7 @@ from rfjax.errors import RFError
 from rfjax.lines import line_supports
 
 InputChannels = str  # "abs_sum" | "sum" | "keep"
+_MIN_PACK_GRID = 8  # strategy "auto" packs cells only on grids at least this long on one side
 _INPUT_CHANNELS = ("abs_sum", "sum", "keep")
 
 
@@ -57,7 +58,9 @@ def _as_batch(x: Any) -> jax.Array:
     try:
         arr = jnp.asarray(x, dtype=jnp.float32)
     except (TypeError, ValueError) as e:
-        raise RFError(f"x must be a numeric array of shape (H, W, C) or (1, H, W, C), not {type(x).__name__}.") from e
+        raise RFError(
+            f"x must be a numeric array of shape (H, W, C) or (1, H, W, C), not {type(x).__name__}."
+        ) from e
     if arr.ndim == 3:
         arr = arr[None]
     if arr.ndim != 4 or arr.shape[0] != 1:
@@ -104,9 +107,24 @@ def output_shapes(fn: Callable, x: jax.Array) -> tuple[Any, list[str | int | Non
 # --------------------------------------------------------------------------- program
 
 
+class Program(NamedTuple):
+    """The two compiled halves of the engine for one function.
+
+    ``forward(params, x) -> (out, vjp)`` runs the model once and returns its outputs and
+    the VJP with its residuals; ``backward(out, vjp, masks, chans) -> (B, H, W[, C])``
+    maps the VJP over a chunk of slots. Two programs, not one, so the residuals are
+    materialised once: in one program XLA may fuse forward ops into the vmapped backward
+    and recompute them for every slot (MobileNetV2's depthwise blocks ran 49 times), and
+    a chunked run would repeat the forward pass per chunk.
+    """
+
+    forward: Callable
+    backward: Callable
+
+
 @functools.lru_cache(maxsize=64)
-def _program(fn: Callable, with_params: bool, input_channels: InputChannels, n_devices: int) -> Callable:
-    """One jit-compiled function ``(params, x, masks, chans) -> (B, H, W[, C])`` per ``fn``.
+def _program(fn: Callable, with_params: bool, input_channels: InputChannels, n_devices: int) -> Program:
+    """The compiled :class:`Program` of ``fn``.
 
     ``fn`` is called as ``fn(params, x)`` when ``with_params``, else ``fn(x)``; passing
     the parameters as an argument (not a closure) lets one compiled program serve
@@ -114,10 +132,14 @@ def _program(fn: Callable, with_params: bool, input_channels: InputChannels, n_d
 
     ``masks[o]`` is ``(B, Ho, Wo, 1 or Co)`` for output ``o`` and ``chans[o]`` is
     ``(Co,)``; slot ``b``'s cotangent for output ``o`` is ``masks[o][b] * chans[o]``.
+    With ``n_devices > 1`` the forward pass is replicated and the slot axis sharded
+    over the first ``n_devices`` local devices.
     """
 
-    def run(params, x, masks, chans):
-        out, vjp_fn = jax.vjp((lambda x: fn(params, x)) if with_params else fn, x)
+    def forward(params, x):
+        return jax.vjp((lambda x: fn(params, x)) if with_params else fn, x)
+
+    def backward(out, vjp_fn, masks, chans):
         _, leaves = _flatten_outputs(out)
 
         def one(slot_masks):
@@ -133,21 +155,26 @@ def _program(fn: Callable, with_params: bool, input_channels: InputChannels, n_d
         return jax.vmap(one)(masks)
 
     if n_devices <= 1:
-        return jax.jit(run)
+        return Program(jax.jit(forward), jax.jit(backward))
     mesh = jax.make_mesh(
-        (n_devices,), ("slots",), devices=jax.local_devices()[:n_devices], axis_types=(jax.sharding.AxisType.Auto,)
+        (n_devices,),
+        ("slots",),
+        devices=jax.local_devices()[:n_devices],
+        axis_types=(jax.sharding.AxisType.Auto,),
     )
     spec = jax.sharding.PartitionSpec
+    replicated = jax.sharding.NamedSharding(mesh, spec())
 
-    def sharded(params, x, masks, chans):
+    def sharded(out, vjp_fn, masks, chans):
         return jax.shard_map(
-            lambda p, x, m, c: run(p, jax.lax.pcast(x, "slots", to="varying"), m, c),
+            backward,
             mesh=mesh,
             in_specs=(spec(), spec(), spec("slots"), spec()),
             out_specs=spec("slots"),
-        )(params, x, masks, chans)
+            check_vma=False,  # the VJP was traced outside the map, with invariant types
+        )(out, vjp_fn, masks, chans)
 
-    return jax.jit(sharded)
+    return Program(jax.jit(forward, out_shardings=replicated), jax.jit(sharded))
 
 
 def _run_slots(
@@ -161,7 +188,8 @@ def _run_slots(
     chunk: int | None,
     n_devices: int,
 ) -> np.ndarray:
-    """Run all slots (``masks[o]``: ``(S, Ho, Wo, k)``) in equal chunks of one program."""
+    """Run all slots (``masks[o]``: ``(S, Ho, Wo, k)``): one forward pass, then the
+    backward program over equal chunks."""
     n_slots = masks[0].shape[0]
     size = n_slots if chunk is None else max(1, min(chunk, n_slots))
     size = math.ceil(size / n_devices) * n_devices
@@ -170,22 +198,32 @@ def _run_slots(
     if pad:
         masks = [np.concatenate([m, np.zeros((pad,) + m.shape[1:], m.dtype)]) for m in masks]
     prog = _program(fn, params is not None, input_channels, n_devices)
+    out, vjp_fn = prog.forward(params, x)
     chans_dev = [jnp.asarray(c) for c in chans]
     parts = [
-        prog(params, x, [jnp.asarray(m[k * size : (k + 1) * size]) for m in masks], chans_dev) for k in range(n_chunks)
+        prog.backward(out, vjp_fn, [jnp.asarray(m[k * size : (k + 1) * size]) for m in masks], chans_dev)
+        for k in range(n_chunks)
     ]
     out = np.concatenate([np.asarray(p) for p in parts]) if n_chunks > 1 else np.asarray(parts[0])
     return out[:n_slots]
 
 
 def memory_per_chunk(
-    fn: Callable, params: Any, x: jax.Array, shapes: list[tuple[int, ...]], chunk: int, input_channels: InputChannels = "abs_sum"
+    fn: Callable,
+    params: Any,
+    x: jax.Array,
+    shapes: list[tuple[int, ...]],
+    chunk: int,
+    input_channels: InputChannels = "abs_sum",
 ) -> int:
-    """Bytes XLA reserves for one compiled call over ``chunk`` one-hot slots (arguments,
-    outputs and temporaries, from the compiled program's own memory analysis)."""
+    """Bytes XLA reserves for one backward call over ``chunk`` one-hot slots: its
+    arguments (the forward pass's outputs and residuals, held for all chunks), outputs
+    and temporaries, from the compiled program's own memory analysis."""
     masks = [jax.ShapeDtypeStruct((chunk, s[1], s[2], 1), jnp.float32) for s in shapes]
     chans = [jax.ShapeDtypeStruct((s[3],), jnp.float32) for s in shapes]
-    compiled = _program(fn, params is not None, input_channels, 1).lower(params, x, masks, chans).compile()
+    prog = _program(fn, params is not None, input_channels, 1)
+    out, vjp_fn = jax.eval_shape(prog.forward, params, x)
+    compiled = prog.backward.lower(out, vjp_fn, masks, chans).compile()
     mem = compiled.memory_analysis()
     if mem is None:  # pragma: no cover - backends without memory analysis
         return 0
@@ -193,7 +231,12 @@ def memory_per_chunk(
 
 
 def chunk_for_budget(
-    fn: Callable, params: Any, x: jax.Array, shapes: list[tuple[int, ...]], max_memory: int, input_channels: InputChannels
+    fn: Callable,
+    params: Any,
+    x: jax.Array,
+    shapes: list[tuple[int, ...]],
+    max_memory: int,
+    input_channels: InputChannels,
 ) -> int:
     """Largest chunk of slots whose compiled program fits in ``max_memory`` bytes.
 
@@ -317,7 +360,7 @@ def gradient_maps(
         host loop over one compiled function. ``None``: one call.
       strategy: ``"dense"`` (one backward pass per cell), ``"packed"`` (cells whose
         supports cannot overlap share a pass, see module docs), or ``"auto"``
-        (packed when it saves at least a third of the passes).
+        (packed when it saves at least a third of the passes, dense on grids under 8x8).
       devices: number of local devices to shard the slot axis over; default all.
 
     Returns:
@@ -336,14 +379,17 @@ def gradient_maps(
     n_dev = _device_count(devices)
     hw = HW(int(xb.shape[1]), int(xb.shape[2]))
     chans = [
-        _channel_vector(channels if k in selected else None, s[3], _label(names[k])) for k, s in enumerate(shapes)
+        _channel_vector(channels if k in selected else None, s[3], _label(names[k]))
+        for k, s in enumerate(shapes)
     ]
     chunk = None
     if max_memory is not None:
         if not isinstance(max_memory, (int, np.integer)) or max_memory <= 0:
             raise RFError(f"max_memory must be a positive number of bytes, not {max_memory!r}.")
         chunk = chunk_for_budget(fn, params, xb, shapes, int(max_memory), input_channels)
-    run = functools.partial(_run_slots, fn, params, xb, input_channels=input_channels, chunk=chunk, n_devices=n_dev)
+    run = functools.partial(
+        _run_slots, fn, params, xb, input_channels=input_channels, chunk=chunk, n_devices=n_dev
+    )
 
     if cotangents is not None:
         return _custom_cotangents(run, names, shapes, selected, cotangents, hw)
@@ -435,10 +481,16 @@ def _run_many(run: Callable, shapes: list, chans: list, per_output: dict) -> dic
     return {k: g[a:b] for k, (a, b) in bounds.items()}
 
 
-def _all_maps(run: Callable, shapes: list, chans: list, cells: dict, strategy: str, hw: tuple[int, int]) -> dict:
+def _all_maps(
+    run: Callable, shapes: list, chans: list, cells: dict, strategy: str, hw: tuple[int, int]
+) -> dict:
     """``{k: (n_k, H, W[, C])}`` for the requested ``cells[k]`` of every output ``k``."""
     grids = {k: (shapes[k][1], shapes[k][2]) for k in cells}
-    if strategy != "dense" and all(len(c) > 1 for c in cells.values()):
+    # "auto" skips packing on small grids: the line pass would cost about Ho + Wo slots,
+    # as much as packing could save there (a 7x7 grid: 14 slots against at most 49).
+    small = all(max(g) < _MIN_PACK_GRID for g in grids.values())
+    many = all(len(c) > 1 for c in cells.values())
+    if many and (strategy == "packed" or (strategy == "auto" and not small)):
         packed = _packed(run, shapes, chans, cells, grids, hw, strategy == "packed")
         if packed is not None:
             return packed
@@ -461,7 +513,9 @@ def _packing(rows: list, cols: list, grid: tuple[int, int], cells: np.ndarray):
     return len(used), slot
 
 
-def _rects(rows: list, cols: list, grid: tuple[int, int], cells: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+def _rects(
+    rows: list, cols: list, grid: tuple[int, int], cells: np.ndarray, hw: tuple[int, int]
+) -> np.ndarray:
     row_in = np.zeros((grid[0], hw[0]), bool)
     col_in = np.zeros((grid[1], hw[1]), bool)
     for i, r in enumerate(rows):
@@ -512,7 +566,9 @@ def _packed(
     return out
 
 
-def _custom_cotangents(run: Callable, names: list, shapes: list, selected: list[int], cotangents: Any, hw: HW):
+def _custom_cotangents(
+    run: Callable, names: list, shapes: list, selected: list[int], cotangents: Any, hw: HW
+):
     if len(selected) != 1:
         raise RFError("cotangents works with one output at a time; pass outputs=[name] to pick it.")
     k = selected[0]
@@ -530,7 +586,9 @@ def _custom_cotangents(run: Callable, names: list, shapes: list, selected: list[
     if ct.shape[3] != co:
         ct = np.broadcast_to(ct, ct.shape[:3] + (co,))
     chans = [np.ones((s[3],), np.float32) for s in shapes]
-    masks = [ct if o == k else np.zeros((len(ct), s[1], s[2], s[3]), np.float32) for o, s in enumerate(shapes)]
+    masks = [
+        ct if o == k else np.zeros((len(ct), s[1], s[2], s[3]), np.float32) for o, s in enumerate(shapes)
+    ]
     flat = run(masks, chans)
     cells = np.full((len(ct), 2), -1, np.int64)
     return GradientMaps(flat, cells, hw, HW(ho, wo), names[k])

@@ -186,7 +186,7 @@ def test_jit_compiles_once_per_shape(kernel):
     fn = conv_fn(kernel)
     x = np.ones((6, 6, 2), np.float32)
     rfjax.gradient_maps(fn, x, strategy="dense")
-    prog = engine._program(fn, False, "abs_sum", jax.local_device_count())
+    prog = engine._program(fn, False, "abs_sum", jax.local_device_count()).backward
     before = prog._cache_size()
     rfjax.gradient_maps(fn, x + 1, strategy="dense")
     assert prog._cache_size() == before

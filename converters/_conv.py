@@ -1,0 +1,130 @@
+"""Convolutions and max pooling with Keras/TensorFlow semantics, in the form XLA runs fastest.
+
+:func:`conv` equals ``lax.conv_general_dilated`` (TensorFlow's 'same' rule, dilation,
+groups, NHWC or NCHW) but lowers two common cases differently, because XLA:CPU's
+convolution emitter is slow for them (measured here, 2-core EPYC, jax 0.10.2, the
+input gradient of 49 cells as the engine runs it):
+
+* a 1x1 convolution without groups is a strided slice and a matrix product
+  (``dot_general``): 4x faster than XLA:CPU's convolution, forward and backward;
+* a depthwise convolution (one input channel per group) is a sum over kernel taps of
+  shifted, strided slices times a per-channel weight: 15-40x faster than XLA:CPU's
+  grouped convolution, whose backward pass is the slowest op in MobileNets.
+
+Both are exact reformulations (the sums run in another order, so results agree to
+float32 rounding); every other convolution goes to ``lax.conv_general_dilated``.
+Kernels are HWIO: ``(kh, kw, C_in / groups, C_out)``.
+
+:func:`max_pool` is the same idea for max pooling: the maximum over shifted, strided
+slices, with the gradient routed to the first maximum of each window (as TensorFlow
+routes it). ``lax.reduce_window``'s gradient, vmapped over 49 cells, took 0.86 s for
+ResNet50's one pool and 3.6 s for VGG16's first; this takes 0.11 s and 0.31 s.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+
+def same_padding(n: int, k: int, stride: int, dilation: int = 1) -> tuple[int, int]:
+    """TensorFlow's 'same' padding ``(before, after)`` along one axis (more after when odd)."""
+    span = dilation * (k - 1) + 1
+    out = -(-n // stride)
+    total = max((out - 1) * stride + span - n, 0)
+    return total // 2, total - total // 2
+
+
+def conv(
+    x: jax.Array,
+    kernel: jax.Array,
+    strides: Sequence[int],
+    padding: str,
+    dilation: Sequence[int] = (1, 1),
+    groups: int = 1,
+    channels_first: bool = False,
+) -> jax.Array:
+    """A 2-D convolution ``x (N, H, W, C)`` (``(N, C, H, W)`` if ``channels_first``) with an
+    HWIO ``kernel``; ``padding`` is ``"SAME"`` or ``"VALID"``."""
+    kh, kw, c_group, _ = kernel.shape
+    c_in = x.shape[1 if channels_first else -1]
+    if groups == 1 and (kh, kw) == (1, 1):
+        return _pointwise(x, kernel, strides, channels_first)
+    if c_group == 1 and groups == c_in:
+        if channels_first:
+            y = _depthwise(jnp.moveaxis(x, 1, -1), kernel, strides, padding, dilation)
+            return jnp.moveaxis(y, -1, 1)
+        return _depthwise(x, kernel, strides, padding, dilation)
+    layout = ("NCHW", "HWIO", "NCHW") if channels_first else ("NHWC", "HWIO", "NHWC")
+    return lax.conv_general_dilated(
+        x,
+        kernel,
+        tuple(strides),
+        padding,
+        rhs_dilation=tuple(dilation),
+        dimension_numbers=layout,
+        feature_group_count=groups,
+    )
+
+
+def _pointwise(x: jax.Array, kernel: jax.Array, strides: Sequence[int], channels_first: bool) -> jax.Array:
+    """1x1 convolution: 'same' and 'valid' agree (no padding), so it is a strided slice
+    and a product over channels."""
+    sh, sw = strides
+    w = kernel[0, 0]
+    if channels_first:
+        return jnp.einsum("nchw,co->nohw", x[:, :, ::sh, ::sw], w)
+    return jnp.einsum("nhwc,co->nhwo", x[:, ::sh, ::sw, :], w)
+
+
+def _depthwise(
+    x: jax.Array, kernel: jax.Array, strides: Sequence[int], padding: str, dilation: Sequence[int]
+) -> jax.Array:
+    """Depthwise convolution (NHWC), kernel ``(kh, kw, 1, C * m)``: output channel
+    ``c * m + k`` reads input channel ``c`` (Keras' depth-multiplier order)."""
+    kh, kw, _, cm = kernel.shape
+    n, h, w, c = x.shape
+    if cm != c:
+        x = jnp.repeat(x, cm // c, axis=-1)
+    (sh, sw), (dh, dw) = strides, dilation
+    if padding == "SAME":
+        pads = (same_padding(h, kh, sh, dh), same_padding(w, kw, sw, dw))
+        x = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
+    ho = (x.shape[1] - dh * (kh - 1) - 1) // sh + 1
+    wo = (x.shape[2] - dw * (kw - 1) - 1) // sw + 1
+    out = None
+    for i in range(kh):
+        for j in range(kw):
+            start = (0, i * dh, j * dw, 0)
+            stop = (n, i * dh + sh * (ho - 1) + 1, j * dw + sw * (wo - 1) + 1, cm)
+            term = lax.slice(x, start, stop, (1, sh, sw, 1)) * kernel[i, j, 0]
+            out = term if out is None else out + term
+    return out
+
+
+def max_pool(x: jax.Array, window: Sequence[int], strides: Sequence[int], padding: str) -> jax.Array:
+    """``lax.reduce_window(x, -inf, max, window, strides, padding)`` for 4-D ``x`` whose
+    ``window``/``strides`` are 1 on the non-spatial axes. The value is the window's
+    maximum; its gradient goes to the window's first maximum (row-major order)."""
+    axes = [a for a in range(4) if window[a] > 1 or strides[a] > 1]
+    if padding == "SAME":
+        pads = [same_padding(x.shape[a], window[a], strides[a]) if a in axes else (0, 0) for a in range(4)]
+        x = jnp.pad(x, pads, constant_values=-jnp.inf)
+    out_shape = [(x.shape[a] - window[a]) // strides[a] + 1 for a in range(4)]
+    taps = []
+    for offset in np.ndindex(*[window[a] for a in range(4)]):
+        stop = [o + strides[a] * (out_shape[a] - 1) + 1 for a, o in enumerate(offset)]
+        taps.append(lax.slice(x, offset, stop, tuple(strides)))
+    top = lax.stop_gradient(functools.reduce(jnp.maximum, taps))
+    out, found = None, None
+    for v in taps:
+        first = (v == top) if found is None else (v == top) & ~found
+        found = first if found is None else found | first
+        term = jnp.where(first, v, 0.0)
+        out = term if out is None else out + term
+    return out

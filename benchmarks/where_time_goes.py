@@ -60,7 +60,7 @@ def phases(repeats: int) -> dict:
         rfjax.gradient_maps(readme_net, x, params=params)
     finally:
         engine._run_slots = original
-    _, _, shapes = engine.output_shapes(engine.bind(readme_net, params), x)
+    _, _, shapes = engine.output_shapes(readme_net, x, params)
     chans = [np.ones((shapes[0][3],), np.float32)]
     out = {"passes_per_call": calls}
     for n in sorted(set(calls)):

@@ -9,7 +9,11 @@ input gradient of 49 cells as the engine runs it):
   (``dot_general``): 4x faster than XLA:CPU's convolution, forward and backward;
 * a depthwise convolution (one input channel per group) is a sum over kernel taps of
   shifted, strided slices times a per-channel weight: 15-40x faster than XLA:CPU's
-  grouped convolution, whose backward pass is the slowest op in MobileNets.
+  grouped convolution, whose backward pass is the slowest op in MobileNets;
+* a strided convolution (no groups, no dilation) is a stride-1 convolution of the
+  space-to-depth input with a rearranged kernel: its input gradient is then a plain
+  convolution, not XLA's input-dilated one, which computes on the zeros it inserts
+  (2.5x faster for ResNet50's 7x7 stride-2 stem).
 
 Both are exact reformulations (the sums run in another order, so results agree to
 float32 rounding); every other convolution goes to ``lax.conv_general_dilated``.
@@ -56,10 +60,9 @@ def conv(
     if groups == 1 and (kh, kw) == (1, 1):
         return _pointwise(x, kernel, strides, channels_first)
     if c_group == 1 and groups == c_in:
-        if channels_first:
-            y = _depthwise(jnp.moveaxis(x, 1, -1), kernel, strides, padding, dilation)
-            return jnp.moveaxis(y, -1, 1)
-        return _depthwise(x, kernel, strides, padding, dilation)
+        return _nhwc(_depthwise, x, channels_first, kernel, strides, padding, dilation)
+    if groups == 1 and max(strides) > 1 and tuple(dilation) == (1, 1):
+        return _nhwc(_space_to_depth, x, channels_first, kernel, strides, padding)
     layout = ("NCHW", "HWIO", "NCHW") if channels_first else ("NHWC", "HWIO", "NHWC")
     return lax.conv_general_dilated(
         x,
@@ -70,6 +73,33 @@ def conv(
         dimension_numbers=layout,
         feature_group_count=groups,
     )
+
+
+def _nhwc(op, x: jax.Array, channels_first: bool, *args) -> jax.Array:
+    """Run an NHWC-only ``op(x, *args)`` on an NCHW or NHWC ``x``."""
+    if not channels_first:
+        return op(x, *args)
+    return jnp.moveaxis(op(jnp.moveaxis(x, 1, -1), *args), -1, 1)
+
+
+def _space_to_depth(x: jax.Array, kernel: jax.Array, strides: Sequence[int], padding: str) -> jax.Array:
+    """Strided convolution (NHWC) as a stride-1 one: input pixel ``(s * a + p, s * b + q)``
+    becomes channel ``(p, q, c)`` of pixel ``(a, b)``; the kernel, zero-padded to a
+    multiple of the stride, is cut the same way into ``ceil(k / s)`` taps per axis."""
+    kh, kw, c, co = kernel.shape
+    n, h, w, _ = x.shape
+    (sh, sw) = strides
+    if padding == "SAME":
+        x = jnp.pad(x, ((0, 0), same_padding(h, kh, sh), same_padding(w, kw, sw), (0, 0)))
+    oh, ow = (x.shape[1] - kh) // sh + 1, (x.shape[2] - kw) // sw + 1
+    th, tw = -(-kh // sh), -(-kw // sw)
+    lh, lw = sh * (oh + th - 1), sw * (ow + tw - 1)
+    x = x[:, :lh, :lw]
+    x = jnp.pad(x, ((0, 0), (0, lh - x.shape[1]), (0, lw - x.shape[2]), (0, 0)))
+    x = x.reshape(n, lh // sh, sh, lw // sw, sw, c).transpose(0, 1, 3, 2, 4, 5).reshape(n, lh // sh, lw // sw, -1)
+    k = jnp.pad(kernel, ((0, sh * th - kh), (0, sw * tw - kw), (0, 0), (0, 0)))
+    k = k.reshape(th, sh, tw, sw, c, co).transpose(0, 2, 1, 3, 4, 5).reshape(th, tw, sh * sw * c, co)
+    return lax.conv_general_dilated(x, k, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
 def _pointwise(x: jax.Array, kernel: jax.Array, strides: Sequence[int], channels_first: bool) -> jax.Array:

@@ -70,13 +70,23 @@ def _as_batch(x: Any) -> jax.Array:
     return arr
 
 
-def output_shapes(fn: Callable, x: jax.Array) -> tuple[Any, list[str | int | None], list[tuple[int, ...]]]:
-    """Trace ``fn`` abstractly on ``x`` and check every output is a 4-D NHWC batch of one.
+@functools.lru_cache(maxsize=256)
+def _traced(fn: Callable, with_params: bool) -> Callable:
+    """``fn`` under ``jax.jit``, whose ``eval_shape`` reuses its trace for inputs of the
+    same shapes (a plain ``jax.eval_shape`` re-runs the Python of a whole model)."""
+    return jax.jit(fn) if with_params else jax.jit(lambda params, x: fn(x))
+
+
+def output_shapes(
+    fn: Callable, x: jax.Array, params: Any = None
+) -> tuple[Any, list[str | int | None], list[tuple[int, ...]]]:
+    """Trace ``fn`` (``fn(params, x)`` when ``params`` is given, else ``fn(x)``)
+    abstractly on ``x`` and check every output is a 4-D NHWC batch of one.
 
     Returns ``(structure, names, shapes)``; raises :class:`RFError` otherwise.
     """
     try:
-        struct = jax.eval_shape(fn, x)
+        struct = _traced(fn, params is not None).eval_shape(params, x)
     except RFError:
         raise
     except Exception as e:  # noqa: BLE001 - any failure inside the user's function
@@ -374,7 +384,7 @@ def gradient_maps(
         raise RFError(f"strategy={strategy!r} is not one of ('auto', 'dense', 'packed').")
     xb = _as_batch(x)
     fn = restrict(fn, outputs, params is not None)
-    _, names, shapes = output_shapes(bind(fn, params), xb)
+    _, names, shapes = output_shapes(fn, xb, params)
     selected = _select_outputs(names, outputs)
     n_dev = _device_count(devices)
     hw = HW(int(xb.shape[1]), int(xb.shape[2]))
@@ -431,11 +441,6 @@ def _restricted(fn: Callable, keys: tuple[str, ...], with_params: bool) -> Calla
     if with_params:
         return lambda params, x: pick(fn(params, x))
     return lambda x: pick(fn(x))
-
-
-def bind(fn: Callable, params: Any) -> Callable:
-    """``fn`` with ``params`` bound as its first argument (``fn`` itself if ``None``)."""
-    return fn if params is None else functools.partial(fn, params)
 
 
 def _label(name: Any) -> str:

@@ -364,7 +364,7 @@ def _fit_all(fn: Callable, params: Any, x: Any, method: str, outputs, channels, 
         return {k: fit_maps(m, strict) for k, m in maps.items()}
     xb = engine._as_batch(x)
     fn = engine.restrict(fn, outputs, params is not None)
-    _, names, shapes = engine.output_shapes(engine.bind(fn, params), xb)
+    _, names, shapes = engine.output_shapes(fn, xb, params)
     selected = engine._select_outputs(names, outputs)
     chans = [engine._channel_vector(channels if k in selected else None, s[3], _label(names[k])) for k, s in enumerate(shapes)]
     run = functools.partial(engine._run_slots, fn, params, xb, input_channels="abs_sum", chunk=None, n_devices=engine._device_count(None))

@@ -1,7 +1,7 @@
 """The converters' fast forms of convolution and max pooling equal XLA's own ops.
 
 ``converters._conv`` lowers 1x1 convolutions to matrix products, depthwise convolutions
-to sums over kernel taps and max pooling to maxima over taps (XLA:CPU runs its own
+to sums over kernel taps, strided ones to space-to-depth and max pooling to maxima over taps (XLA:CPU runs its own
 forms of these several times slower). The references here are ``lax.conv_general_dilated``
 and ``lax.reduce_window`` (values and input gradients) and, for the tie-breaking of
 max pooling's gradient, TensorFlow's ``tf.nn.max_pool2d``.
@@ -26,7 +26,11 @@ CASES = [
     (12, 13, 4, 3, 3, 4, 4, (1, 2), (2, 1), "VALID"),  # depthwise, dilated
     (12, 12, 4, 5, 5, 4, 4, (2, 2), (1, 1), "SAME"),
     (8, 8, 4, 3, 3, 6, 2, (1, 1), (1, 1), "SAME"),  # grouped (not depthwise): XLA's own op
-    (9, 9, 3, 3, 3, 5, 1, (2, 2), (1, 1), "SAME"),  # plain: XLA's own op
+    (9, 9, 3, 3, 3, 5, 1, (2, 2), (1, 1), "SAME"),  # strided: space-to-depth
+    (16, 15, 3, 7, 7, 5, 1, (2, 2), (1, 1), "VALID"),  # ResNet's stem shape
+    (11, 13, 2, 4, 3, 3, 1, (3, 2), (1, 1), "SAME"),  # even kernel, strides differ per axis
+    (10, 9, 3, 3, 3, 5, 1, (2, 2), (2, 2), "SAME"),  # strided and dilated: XLA's own op
+    (9, 9, 3, 3, 3, 5, 1, (1, 1), (1, 1), "SAME"),  # plain: XLA's own op
 ]
 
 

@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/run.py                       # the README network, 5 repeats
     .venv/bin/python benchmarks/run.py --repeats 9 --readme README.md
-    .venv/bin/python benchmarks/run.py --networks resnet50 vgg16 mobilenetv2   # TF ways only (for now)
+    .venv/bin/python benchmarks/run.py --networks resnet50 vgg16 mobilenetv2   # 224x224, 49 cells
     .venv/bin/python benchmarks/run.py --ways tf_jacobian_pfor rfjax_gradient_maps
 
 Each (network, way) runs in its own child process, so that
@@ -11,9 +11,10 @@ Each (network, way) runs in its own child process, so that
   but not imports or building the model ("setup", kept in the JSON);
 * "steady median" is the median of ``--repeats`` further calls;
 * "peak RSS" is the child's own ``ru_maxrss``: everything that process ever held,
-  the imported libraries included (a TF child carries TensorFlow, an rfjax child
-  carries only JAX; the RSS before the first call is kept in the JSON as
-  ``rss_setup_mib``).
+  the imported libraries included (a TF child carries TensorFlow; an rfjax child
+  carries only JAX for the README network, and TensorFlow too for the
+  ``keras.applications`` networks, which it converts; the RSS before the first call is
+  kept in the JSON as ``rss_setup_mib``).
 
 Results go to ``benchmarks/results/<network>.json`` and ``<network>.md``; with
 ``--readme FILE`` the Markdown table also replaces the text between

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from converters import _collapse
+from converters._geometry import rf_bounds
 from converters._graph import Graph, Ref, _map
 from converters._registry import lookup, supported_layers
 from rfjax.errors import RFError
@@ -93,6 +94,11 @@ class KerasModel:
         return self._graph.channels_first
 
     @property
+    def input_name(self) -> str:
+        """The name of the model's input layer (its output is the input itself)."""
+        return self._graph.input
+
+    @property
     def rf_mode(self) -> bool:
         """Whether this is the RF-prepared copy (see :meth:`prepared`)."""
         return self._rf
@@ -143,6 +149,15 @@ class KerasModel:
         if "global_nodes" not in self._graph.cache:
             self._graph.cache["global_nodes"] = self._find_global_nodes()
         return self._graph.cache["global_nodes"]
+
+    def rf_bound(self, name: str) -> tuple[int, int, int, int] | None:
+        """``(size_h, size_w, stride_h, stride_w)`` of layer ``name``'s RF along its
+        local paths, in closed form from the layer configs (see
+        :mod:`converters._geometry`); ``None`` where a layer's geometry is unknown.
+        Used to pick an input large enough for a measurement in one step."""
+        if "rf_bounds" not in self._graph.cache:
+            self._graph.cache["rf_bounds"] = rf_bounds(self._graph, self.global_nodes())
+        return self._graph.cache["rf_bounds"].get(self._ref(self._check_name(name)).node)
 
     def depends_globally(self, name: str) -> bool:
         """Whether layer ``name`` depends on the whole input through a

@@ -8,11 +8,12 @@ The public face; everything lives in small private-by-convention modules:
 * :mod:`rfjax.analytic` -- the closed-form RF of conv/pool chains (Araujo et al.)
 * :mod:`rfjax.activation_maps` -- :func:`cam`, :func:`grad_cam` and variants, RF-aware placement
 * :mod:`rfjax.erf`      -- :func:`effective_rf`, the effective RF (Luo et al.)
-* :mod:`rfjax.sweep`, :mod:`rfjax.arch_sweep` -- layer and architecture sweeps
+* :mod:`rfjax.layer_sweep` -- :func:`sweep_layers`, every layer of one model
+* :mod:`rfjax.arch_sweep`  -- :func:`sweep`, many architectures and input sizes, resumable
 * :mod:`rfjax.plot`, :mod:`rfjax.plot_cam` -- figures (imported lazily)
 """
 
-from rfjax import datasets, prepare  # noqa: F401 - rfjax.prepare.linearize, rfjax.datasets.shapes
+from rfjax import datasets, models, prepare  # noqa: F401 - rfjax.models.readme_net, rfjax.datasets.shapes
 from rfjax._types import HW, GradientMaps, ReceptiveField
 from rfjax.activation_maps import (
     CAMResult,
@@ -22,14 +23,19 @@ from rfjax.activation_maps import (
     grad_cam_plus_plus,
     layer_cam,
 )
+from rfjax.arch_sweep import Arch, sweep
 from rfjax.engine import gradient_maps
 from rfjax.erf import EffectiveRF, effective_rf
-from rfjax.errors import RFError, RFTooLarge
+from rfjax.errors import RFError, RFGlobal, RFTooLarge
 from rfjax.fit import fit_maps, receptive_field
+from rfjax.layer_sweep import LayerRF, plot_layers, save_rows, sweep_layers
 from rfjax.prepare import linearize, prepare_params
 
 __all__ = [
     "HW",
+    "Arch",
+    "LayerRF",
+    "RFGlobal",
     "CAMResult",
     "EffectiveRF",
     "GradientMaps",
@@ -45,7 +51,11 @@ __all__ = [
     "gradient_maps",
     "layer_cam",
     "linearize",
+    "plot_layers",
     "prepare_params",
     "receptive_field",
+    "save_rows",
+    "sweep",
+    "sweep_layers",
 ]
 __version__ = "0.1.0"

@@ -256,7 +256,7 @@ def sweep(
     """
     from tqdm.auto import tqdm
 
-    from rfjax.sweep import sweep_layers
+    from rfjax.layer_sweep import sweep_layers
 
     index, count, joint = _processes(process_index, process_count)
     archs = [Arch(a) if isinstance(a, str) else a for a in archs]

@@ -104,7 +104,7 @@ def _estimate(args: argparse.Namespace) -> int:
 
 
 def _sweep_layers(args: argparse.Namespace) -> int:
-    from rfjax.sweep import plot_layers, save_rows, sweep_layers
+    from rfjax.layer_sweep import plot_layers, save_rows, sweep_layers
 
     model = _load_model(args.model, args.input)
     shape = args.input or tuple(model.input_shape)

@@ -24,3 +24,8 @@ class RFTooLarge(RFError):
         self.axis = axis
         self.everywhere = everywhere
         self.input_shape = input_shape
+
+
+class RFGlobal(RFTooLarge):
+    """The output depends on the whole input only (global pooling with no convolutional
+    path to the input): it has no finite RF at any input size."""

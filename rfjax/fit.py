@@ -23,7 +23,7 @@ import numpy as np
 
 from rfjax import engine
 from rfjax._types import HW, GradientMaps, ReceptiveField
-from rfjax.errors import RFError, RFTooLarge
+from rfjax.errors import RFError, RFGlobal, RFTooLarge
 from rfjax.lines import line_supports
 from rfjax.prepare import constant_input, linearize, prepare_params
 
@@ -293,6 +293,8 @@ def receptive_field(
             params = None if params is None else prepare_params(params)
             base = _prepared_fn(base)
     shape = _input_shape(input_shape, x)
+    if grow and x is None and converted is not None:
+        shape = _first_size(converted, view.output_names, shape, max_input)
     method = ("lines" if prepare else "cells") if method == "auto" else method
     held: frozenset = frozenset()  # outputs measured with their global branches held
     while True:
@@ -314,14 +316,36 @@ def receptive_field(
             raise _too_large(e, shape) from None
         except RFError as e:
             if held and "is zero for" in str(e):
-                raise RFError(
+                raise RFGlobal(
                     f"{', '.join(map(repr, sorted(held)))} depends on the whole input only (global pooling with no "
-                    "convolutional path to the input); it has no finite RF."
+                    "convolutional path to the input); it has no finite RF.",
+                    "h",
+                    True,
+                    (shape[0], shape[1]),
                 ) from None
             raise
         if held and isinstance(result, dict):
             result = {k: dataclasses.replace(r, global_=True) if k in held else r for k, r in result.items()}
         return result[layer] if layer is not None and isinstance(result, dict) else result
+
+
+def _first_size(model: Any, names: Sequence[str], shape: tuple[int, int, int], max_input: int) -> tuple[int, int, int]:
+    """The input to measure at first when growing a converted model: per axis at least
+    the closed-form RF bound plus four strides (room for two unclipped cells whatever
+    the padding), rounded up to a multiple of the stride, at most ``max_input``. One
+    compiled program at the right size instead of a doubling sequence; if it is still
+    too small the caller doubles from there."""
+    if not hasattr(model, "rf_bound"):
+        return shape
+    need = [shape[0], shape[1]]
+    for name in names:
+        bound = model.rf_bound(name)
+        if bound is None:
+            continue
+        for a in (0, 1):
+            size, stride = bound[a], bound[2 + a]
+            need[a] = max(need[a], -(-(size + 4 * stride) // stride) * stride)
+    return (max(shape[0], min(need[0], max_input)), max(shape[1], min(need[1], max_input)), shape[2])
 
 
 def _global_outputs(model: Any, view: Any) -> frozenset:

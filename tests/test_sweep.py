@@ -10,7 +10,7 @@ from jax import lax
 
 from rfjax import HW, RFError
 from rfjax.analytic import Layer, analytic_sweep
-from rfjax.sweep import plot_layers, save_rows, sweep_layers
+from rfjax.layer_sweep import plot_layers, save_rows, sweep_layers
 
 DN = ("NHWC", "HWIO", "NHWC")
 # A small VGG-style chain with ReLU and max pooling (the sweep must prepare it), a

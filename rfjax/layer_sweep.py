@@ -19,7 +19,7 @@ import jax
 import numpy as np
 
 from rfjax._types import HW
-from rfjax.errors import RFError, RFTooLarge
+from rfjax.errors import RFError, RFGlobal, RFTooLarge
 from rfjax.fit import receptive_field
 from rfjax.prepare import constant_input
 
@@ -32,6 +32,11 @@ class LayerRF:
     reaches past the input at this input size, so only a lower bound ``input`` is
     known) or ``"global"`` (every cell sees the whole input at every size tried).
     Measured quantities are ``None`` unless ``status == "ok"``.
+
+    ``global_`` is ``True`` when the layer also depends on the whole input through a
+    global branch (squeeze-and-excitation, image pooling) of a converted model; the
+    measured quantities are then those of its local, convolutional path (see
+    :attr:`rfjax.ReceptiveField.global_`).
     """
 
     layer: str
@@ -43,10 +48,11 @@ class LayerRF:
     padding: HW | None
     input_shape: HW
     output_shape: HW
+    global_: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         """Flat, JSON-ready: pairs become ``size_h``, ``size_w``, ..."""
-        out: dict[str, Any] = {"layer": self.layer, "depth": self.depth, "status": self.status}
+        out: dict[str, Any] = {"layer": self.layer, "depth": self.depth, "status": self.status, "global": self.global_}
         for field in ("size", "stride", "offset", "padding", "input_shape", "output_shape"):
             pair = getattr(self, field)
             out[f"{field}_h"] = None if pair is None else float(pair.h)
@@ -91,12 +97,14 @@ def sweep_layers(
         raise RFError("input_shape is missing: pass input_shape=(H, W, C) for the sweep.")
     shape = tuple(int(v) for v in input_shape)
     if converted:
-        prepared = model.prepared()
-        names = list(layers) if layers is not None else list(prepared.layer_names)
-        unknown = [n for n in names if n not in prepared.layer_names]
+        if layers is None:
+            names = [n for n in model.layer_names if n != getattr(model, "input_name", None)]
+        else:
+            names = list(layers)
+        unknown = [n for n in names if n not in model.layer_names]
         if unknown:
-            prepared.with_outputs(unknown[:1])  # raises with near-name suggestions
-        names = _spatial_layers(prepared, names, shape)
+            model.with_outputs(unknown[:1])  # raises with near-name suggestions
+        names = _spatial_layers(model, names, shape)
     else:
         order: list = []
 
@@ -111,8 +119,8 @@ def sweep_layers(
         names = [n for n in (layers or order) if len(getattr(out.get(n), "shape", ())) == 4]
     rows = []
     for depth, name in enumerate(names):
-        if converted:
-            one = {"fn": prepared.with_outputs([name]), "params": None, "prepare": True}
+        if converted:  # receptive_field picks the one-channel prepared view and spots global branches
+            one = {"fn": model, "params": None, "prepare": True, "layer": name}
         else:
             one = {"fn": model, "params": params, "prepare": True, "outputs": [name]}
         row = _measure(name, depth, shape, grow, max_input, **one)
@@ -122,15 +130,23 @@ def sweep_layers(
     return rows
 
 
-def _measure(name: str, depth: int, shape, grow: bool, max_input: int, *, fn, params, prepare, outputs=None) -> LayerRF:
+def _measure(
+    name: str, depth: int, shape, grow: bool, max_input: int, *, fn, params, prepare, outputs=None, layer=None
+) -> LayerRF:
     try:
-        rf = receptive_field(fn, shape, params=params, prepare=prepare, grow=grow, max_input=max_input, outputs=outputs)
+        rf = receptive_field(
+            fn, shape, params=params, prepare=prepare, grow=grow, max_input=max_input, outputs=outputs, layer=layer
+        )
+    except RFGlobal as e:
+        return LayerRF(name, depth, "global", None, None, None, None, HW(*e.input_shape), HW(0, 0), True)
     except RFTooLarge as e:
         h, w = e.input_shape
         return LayerRF(name, depth, "global" if (e.everywhere and grow) else "larger", None, None, None, None, HW(h, w), HW(0, 0))
     if isinstance(rf, dict):
         rf = rf[name]
-    return LayerRF(name, depth, "ok", rf.size, rf.stride, rf.offset, rf.padding, rf.input_shape, rf.output_shape)
+    return LayerRF(
+        name, depth, "ok", rf.size, rf.stride, rf.offset, rf.padding, rf.input_shape, rf.output_shape, rf.global_
+    )
 
 
 def save_rows(rows: Sequence[LayerRF], path: str | os.PathLike) -> None:

@@ -59,7 +59,7 @@ def conv(
     c_in = x.shape[1 if channels_first else -1]
     if groups == 1 and (kh, kw) == (1, 1):
         return _pointwise(x, kernel, strides, channels_first)
-    if c_group == 1 and groups == c_in:
+    if c_group == 1 and groups == c_in > 1:
         return _nhwc(_depthwise, x, channels_first, kernel, strides, padding, dilation)
     if groups == 1 and max(strides) > 1 and tuple(dilation) == (1, 1):
         return _nhwc(_space_to_depth, x, channels_first, kernel, strides, padding)

@@ -122,6 +122,8 @@ class KerasModel:
             out = self._fns[node.layer](params.get(node.layer, {}), *args, **kwargs)
             if node.name in self._hold:
                 out = jax.tree.map(jax.lax.stop_gradient, out)
+            elif self._one and self._rf:
+                out = jax.tree.map(_support_only, out)
             env[node.name] = [out] if node.n_outputs == 1 else list(out)
         return env
 
@@ -283,6 +285,27 @@ class KerasModel:
             return type(y)(self._to_nhwc(v) for v in y)
         y = jnp.asarray(y, jnp.float32)
         return jnp.transpose(y, (0, 2, 3, 1)) if self.channels_first and y.ndim == 4 else y
+
+
+@jax.custom_vjp
+def _support_only(y: jax.Array) -> jax.Array:
+    """Identity whose backward pass keeps only the support of the cotangent (1 where it
+    is non-zero). The one-channel RF copy applies it after every layer: its fit reads
+    supports only, and with true magnitudes the fringe of a deep network's RF falls
+    below float32's range (a 3x3 layer scales the centre by 3 and the edge by 1/3, so
+    InceptionResNetV2's edges reached 1e-45 and were flushed to zero)."""
+    return y
+
+
+def _support_fwd(y: jax.Array):
+    return y, None
+
+
+def _support_bwd(_, g: jax.Array):
+    return ((g != 0).astype(g.dtype),)
+
+
+_support_only.defvjp(_support_fwd, _support_bwd)
 
 
 def _value(env: dict[str, list], v: Any) -> Any:

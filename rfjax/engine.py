@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -238,6 +239,29 @@ def memory_per_chunk(
     if mem is None:  # pragma: no cover - backends without memory analysis
         return 0
     return int(mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes)
+
+
+def default_budget(x: jax.Array) -> int | None:
+    """The memory budget the RF fit gives itself: a quarter of the machine's memory for
+    inputs over 1024x1024 pixels, ``None`` (no chunking) below that or when unknown.
+
+    The fit grows inputs to thousands of pixels, where a backward pass over a hundred
+    line slots needs tens of GB, and XLA aborts the whole process (uncatchably) when
+    memory runs out; measuring the budget costs two compiles, so small inputs skip it."""
+    if x.shape[1] * x.shape[2] <= 1024 * 1024:
+        return None
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - not POSIX
+        return None
+
+
+def default_chunk(
+    fn: Callable, params: Any, x: jax.Array, shapes: list[tuple[int, ...]], input_channels: InputChannels
+) -> int | None:
+    """The chunk of slots for :func:`default_budget` (``None``: one call)."""
+    budget = default_budget(x)
+    return None if budget is None else chunk_for_budget(fn, params, x, shapes, budget, input_channels)
 
 
 def chunk_for_budget(

@@ -391,7 +391,8 @@ def _fit_all(fn: Callable, params: Any, x: Any, method: str, outputs, channels, 
     _, names, shapes = engine.output_shapes(fn, xb, params)
     selected = engine._select_outputs(names, outputs)
     chans = [engine._channel_vector(channels if k in selected else None, s[3], _label(names[k])) for k, s in enumerate(shapes)]
-    run = functools.partial(engine._run_slots, fn, params, xb, input_channels="abs_sum", chunk=None, n_devices=engine._device_count(None))
+    chunk = engine.default_chunk(fn, params, xb, shapes, "abs_sum")
+    run = functools.partial(engine._run_slots, fn, params, xb, input_channels="abs_sum", chunk=chunk, n_devices=engine._device_count(None))
     hw = HW(int(xb.shape[1]), int(xb.shape[2]))
     grids = {k: (shapes[k][1], shapes[k][2]) for k in selected}
 
@@ -417,7 +418,10 @@ def _fit_all(fn: Callable, params: Any, x: Any, method: str, outputs, channels, 
             rows, cols = (np.arange(g[0]), lines[k][0]), (np.arange(g[1]), lines[k][1])
             out[names[k]] = fit(rows, cols, hw, HW(*g), method="lines", name=names[k], strict=strict)
         else:  # an RF that is not a product of row and column sets: fit cell by cell
-            maps = engine.gradient_maps(fn, x, params=params, outputs=[names[k]] if names != [None] else None, channels=channels)
+            maps = engine.gradient_maps(
+                fn, x, params=params, outputs=[names[k]] if names != [None] else None, channels=channels,
+                max_memory=engine.default_budget(xb),
+            )
             out[names[k]] = fit_maps(maps[names[k]] if isinstance(maps, dict) else maps, strict)
     return out[None] if names == [None] else out
 

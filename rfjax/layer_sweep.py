@@ -30,7 +30,9 @@ class LayerRF:
 
     ``status`` is ``"ok"`` (size/stride/offset/padding measured), ``"larger"`` (the RF
     reaches past the input at this input size, so only a lower bound ``input`` is
-    known) or ``"global"`` (every cell sees the whole input at every size tried).
+    known), ``"global"`` (every cell sees the whole input at every size tried) or
+    ``"error"`` (the layer could not be measured, ``error`` says why: e.g. a
+    zero-padding layer whose border cells see no input at all).
     Measured quantities are ``None`` unless ``status == "ok"``.
 
     ``global_`` is ``True`` when the layer also depends on the whole input through a
@@ -49,10 +51,13 @@ class LayerRF:
     input_shape: HW
     output_shape: HW
     global_: bool = False
+    error: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """Flat, JSON-ready: pairs become ``size_h``, ``size_w``, ..."""
         out: dict[str, Any] = {"layer": self.layer, "depth": self.depth, "status": self.status, "global": self.global_}
+        if self.error is not None:
+            out["error"] = self.error
         for field in ("size", "stride", "offset", "padding", "input_shape", "output_shape"):
             pair = getattr(self, field)
             out[f"{field}_h"] = None if pair is None else float(pair.h)
@@ -142,6 +147,8 @@ def _measure(
     except RFTooLarge as e:
         h, w = e.input_shape
         return LayerRF(name, depth, "global" if (e.everywhere and grow) else "larger", None, None, None, None, HW(h, w), HW(0, 0))
+    except RFError as e:  # one layer's failure must not end the sweep
+        return LayerRF(name, depth, "error", None, None, None, None, HW(*shape[:2]), HW(0, 0), error=str(e))
     if isinstance(rf, dict):
         rf = rf[name]
     return LayerRF(
@@ -156,7 +163,8 @@ def save_rows(rows: Sequence[LayerRF], path: str | os.PathLike) -> None:
     try:
         if path.endswith(".csv"):
             with open(path, "w", newline="") as f:
-                writer = csv.DictWriter(f, fieldnames=list(records[0]) if records else ["layer"])
+                fields = list(dict.fromkeys(k for r in records for k in r)) or ["layer"]
+                writer = csv.DictWriter(f, fieldnames=fields)
                 writer.writeheader()
                 writer.writerows(records)
         elif path.endswith(".json"):
@@ -186,8 +194,9 @@ def plot_layers(rows: Sequence[LayerRF], *, save: str | os.PathLike | None = Non
         sizes = np.array([getattr(r.size, axis) if r.size is not None else math.nan for r in rows])
         ax.plot(depth[ok], sizes[ok], marker=marker, ms=4, lw=1, label=f"RF size ({axis})", gid=f"size-{axis}")
         bound = np.array([getattr(r.input_shape, axis) for r in rows], float)
-        if (~ok).any():
-            ax.plot(depth[~ok], bound[~ok], ls="none", marker=marker, mfc="none", label=f"> input ({axis})", gid=f"bound-{axis}")
+        past = np.array([r.status in ("larger", "global") for r in rows])
+        if past.any():
+            ax.plot(depth[past], bound[past], ls="none", marker=marker, mfc="none", label=f"> input ({axis})", gid=f"bound-{axis}")
     size_in = max(max(r.input_shape) for r in rows if r.status == "ok") if any(r.status == "ok" for r in rows) else None
     if size_in:
         ax.axhline(size_in, color="0.4", ls="--", lw=1, label=f"input size {size_in:g}", gid="input-size")

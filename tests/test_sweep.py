@@ -90,3 +90,18 @@ def test_plot_shows_size_by_depth_and_the_input(rows, tmp_path):
 def test_non_dict_function_is_refused():
     with pytest.raises(RFError, match="must return a dict"):
         sweep_layers(lambda x: x, (8, 8, 1))
+
+
+def test_a_layer_that_cannot_be_measured_is_recorded_and_the_sweep_goes_on(tmp_path):
+    def padded(x):
+        pad = jnp.pad(x, ((0, 0), (0, 2), (0, 2), (0, 0)))  # the last two rows/columns see no input
+        return {"pad": pad, "conv": lax.conv_general_dilated(pad, jnp.ones((3, 3, 1, 1)), (1, 1), "VALID", dimension_numbers=DN)}
+
+    rows = sweep_layers(padded, (12, 12, 1))
+    assert [(r.layer, r.status) for r in rows] == [("pad", "error"), ("conv", "ok")]
+    assert "is zero for" in rows[0].error
+    assert rows[1].size == HW(3, 3)
+    save_rows(rows, tmp_path / "rows.csv")
+    with open(tmp_path / "rows.csv") as f:
+        got = list(csv.DictReader(f))
+    assert [r["status"] for r in got] == ["error", "ok"] and got[0]["error"].startswith("the input gradient")

@@ -22,6 +22,7 @@ import keras
 import numpy as np
 from keras_fixtures import assert_unchanged, weights_snapshot
 
+import converters
 import rfjax
 from rfjax import HW
 from rfjax.analytic import Layer, analytic_sweep
@@ -112,20 +113,18 @@ CHAINS = {"VGG16": {}, "VGG19": {}, "MobileNet": {"alpha": 0.25}}
 def test_every_layer_of_a_chain_model_equals_the_closed_form(name):
     model = _build(name, **CHAINS[name])
     named = _chain_from_keras(model)
-    names = [n for n, _ in named]
-    rows = rfjax.sweep_layers(rfjax_convert(model), (224, 224, 3), layers=names, grow=True)
+    # ZeroPadding2D outputs enter the chain but are not compared: their border cells are
+    # pure padding, with no RF (the sweep reports them as errors, see test_sweep).
+    names = [n for n, _ in named if not n.startswith("conv_pad")]
+    converted = converters.from_keras(model, input_shape=(224, 224, 3))
+    rows = rfjax.sweep_layers(converted, layers=names, grow=True)
     assert [r.layer for r in rows] == names
-    for depth, row in enumerate(rows):
-        want = analytic_sweep([spec for _, spec in named[: depth + 1]], tuple(row.input_shape))[-1]
+    depth_of = {n: d for d, (n, _) in enumerate(named)}
+    for row in rows:
+        want = analytic_sweep([spec for _, spec in named[: depth_of[row.layer] + 1]], tuple(row.input_shape))[-1]
         assert row.status == "ok" and not row.global_, row
         got = (row.size, row.stride, row.offset, row.padding, row.output_shape)
         assert got == (want.size, want.stride, want.offset, want.padding, want.output_shape), row.layer
-
-
-def rfjax_convert(model):
-    import converters
-
-    return converters.from_keras(model)
 
 
 # --------------------------------------------------------------------------- global
@@ -139,9 +138,10 @@ def test_squeeze_excitation_model_is_flagged_global_and_keras_agrees():
     assert rf.stride == HW(32, 32)
     # Keras itself, real random weights: a pixel far outside cell (0, 0)'s local RF moves it.
     keras.utils.set_random_seed(0)
-    x = np.random.default_rng(0).normal(size=(1, 224, 224, 3)).astype(np.float32)
+    side = 512
+    x = np.random.default_rng(0).normal(size=(1, side, side, 3)).astype(np.float32)
     far = x.copy()
-    far[0, -1, -1, :] += 10.0
-    assert rf.offset.h + rf.size.h / 2 < 223  # the pixel is outside the local RF of cell (0, 0)
+    far[0, -64:, -64:, :] += 100.0  # a far corner block
+    assert rf.offset.h + rf.size.h / 2 < side - 64  # the block is outside the local RF of cell (0, 0)
     y0, y1 = (np.asarray(model(v, training=False))[0, 0, 0] for v in (x, far))
-    assert np.abs(y1 - y0).max() > 1e-6
+    assert np.abs(y1 - y0).max() > 1e-3 * np.abs(y0).max()

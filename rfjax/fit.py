@@ -126,8 +126,13 @@ def fit_maps(maps: GradientMaps, strict: bool = False) -> ReceptiveField:
     rows = [np.flatnonzero(m.any(axis=1)) for m in nz]
     cols = [np.flatnonzero(m.any(axis=0)) for m in nz]
     return fit(
-        (maps.cells[:, 0], rows), (maps.cells[:, 1], cols), maps.input_shape, maps.output_shape,
-        method="cells", name=maps.name, strict=strict,
+        (maps.cells[:, 0], rows),
+        (maps.cells[:, 1], cols),
+        maps.input_shape,
+        maps.output_shape,
+        method="cells",
+        name=maps.name,
+        strict=strict,
     )
 
 
@@ -138,7 +143,9 @@ def _label(name: Any) -> str:
 def _check_maps(values: np.ndarray, nz: np.ndarray, name: Any) -> None:
     nan = np.isnan(values).reshape(len(values), -1).any(axis=1)
     if nan.any():
-        raise RFError(f"the input gradient of {_label(name)} is NaN for {int(nan.sum())} of {len(nan)} cells; {_PREPARE_HINT}.")
+        raise RFError(
+            f"the input gradient of {_label(name)} is NaN for {int(nan.sum())} of {len(nan)} cells; {_PREPARE_HINT}."
+        )
     zero = ~nz.reshape(len(nz), -1).any(axis=1)
     if zero.any():
         raise RFError(
@@ -161,7 +168,9 @@ def _is_keras(model: Any) -> bool:
     return type(model).__module__.split(".")[0] in ("keras", "tf_keras") and hasattr(model, "layers")
 
 
-def _view(model: Any, outputs: Sequence | None, prepared: bool, held: bool = False, one_channel: bool = True) -> Any:
+def _view(
+    model: Any, outputs: Sequence | None, prepared: bool, held: bool = False, one_channel: bool = True
+) -> Any:
     """The (prepared) converted model restricted to ``outputs``, with its global
     branches ``held`` constant or not, with one channel per layer where the model
     offers it (same supports, far cheaper); cached per model so repeated calls reuse
@@ -207,7 +216,9 @@ def _resolve(model: Any, params: Any) -> tuple[Callable, Any]:
         return _nnx_apply(graphdef), state
     if nn is not None and isinstance(model, nn.Module):
         if params is None:
-            raise RFError("params is missing: a Flax Linen module needs its variables, e.g. params=model.init(key, x).")
+            raise RFError(
+                "params is missing: a Flax Linen module needs its variables, e.g. params=model.init(key, x)."
+            )
         return model.apply, params
     if not callable(model):
         raise RFError(
@@ -292,7 +303,7 @@ def receptive_field(
         if prepare:
             params = None if params is None else prepare_params(params)
             base = _prepared_fn(base)
-    shape = _input_shape(input_shape, x)
+    shape = given = _input_shape(input_shape, x)
     if grow and x is None and converted is not None:
         shape = _first_size(converted, view.output_names, shape, max_input)
     method = ("lines" if prepare else "cells") if method == "auto" else method
@@ -315,6 +326,9 @@ def receptive_field(
                 continue
             raise _too_large(e, shape) from None
         except RFError as e:
+            if shape != given and str(e).startswith("fn failed on an input"):
+                shape = given  # a model that runs only at some sizes (NASNet): grow by doubling instead
+                continue
             if held and "is zero for" in str(e):
                 raise RFGlobal(
                     f"{', '.join(map(repr, sorted(held)))} depends on the whole input only (global pooling with no "
@@ -329,7 +343,9 @@ def receptive_field(
         return result[layer] if layer is not None and isinstance(result, dict) else result
 
 
-def _first_size(model: Any, names: Sequence[str], shape: tuple[int, int, int], max_input: int) -> tuple[int, int, int]:
+def _first_size(
+    model: Any, names: Sequence[str], shape: tuple[int, int, int], max_input: int
+) -> tuple[int, int, int]:
     """The input to measure at first when growing a converted model: per axis at least
     the closed-form RF bound plus four strides (room for two unclipped cells whatever
     the padding), rounded up to a multiple of the stride, at most ``max_input``. One
@@ -390,9 +406,20 @@ def _fit_all(fn: Callable, params: Any, x: Any, method: str, outputs, channels, 
     fn = engine.restrict(fn, outputs, params is not None)
     _, names, shapes = engine.output_shapes(fn, xb, params)
     selected = engine._select_outputs(names, outputs)
-    chans = [engine._channel_vector(channels if k in selected else None, s[3], _label(names[k])) for k, s in enumerate(shapes)]
+    chans = [
+        engine._channel_vector(channels if k in selected else None, s[3], _label(names[k]))
+        for k, s in enumerate(shapes)
+    ]
     chunk = engine.default_chunk(fn, params, xb, shapes, "abs_sum")
-    run = functools.partial(engine._run_slots, fn, params, xb, input_channels="abs_sum", chunk=chunk, n_devices=engine._device_count(None))
+    run = functools.partial(
+        engine._run_slots,
+        fn,
+        params,
+        xb,
+        input_channels="abs_sum",
+        chunk=chunk,
+        n_devices=engine._device_count(None),
+    )
     hw = HW(int(xb.shape[1]), int(xb.shape[2]))
     grids = {k: (shapes[k][1], shapes[k][2]) for k in selected}
 
@@ -419,7 +446,11 @@ def _fit_all(fn: Callable, params: Any, x: Any, method: str, outputs, channels, 
             out[names[k]] = fit(rows, cols, hw, HW(*g), method="lines", name=names[k], strict=strict)
         else:  # an RF that is not a product of row and column sets: fit cell by cell
             maps = engine.gradient_maps(
-                fn, x, params=params, outputs=[names[k]] if names != [None] else None, channels=channels,
+                fn,
+                x,
+                params=params,
+                outputs=[names[k]] if names != [None] else None,
+                channels=channels,
                 max_memory=engine.default_budget(xb),
             )
             out[names[k]] = fit_maps(maps[names[k]] if isinstance(maps, dict) else maps, strict)
@@ -438,4 +469,3 @@ def _is_product(nz: np.ndarray, cells: np.ndarray, rows: list, cols: list) -> bo
         if (r[0], r[-1], c[0], c[-1]) != (rows[i][0], rows[i][-1], cols[j][0], cols[j][-1]):
             return False
     return True
-

@@ -55,7 +55,12 @@ class LayerRF:
 
     def as_dict(self) -> dict[str, Any]:
         """Flat, JSON-ready: pairs become ``size_h``, ``size_w``, ..."""
-        out: dict[str, Any] = {"layer": self.layer, "depth": self.depth, "status": self.status, "global": self.global_}
+        out: dict[str, Any] = {
+            "layer": self.layer,
+            "depth": self.depth,
+            "status": self.status,
+            "global": self.global_,
+        }
         if self.error is not None:
             out["error"] = self.error
         for field in ("size", "stride", "offset", "padding", "input_shape", "output_shape"):
@@ -140,19 +145,45 @@ def _measure(
 ) -> LayerRF:
     try:
         rf = receptive_field(
-            fn, shape, params=params, prepare=prepare, grow=grow, max_input=max_input, outputs=outputs, layer=layer
+            fn,
+            shape,
+            params=params,
+            prepare=prepare,
+            grow=grow,
+            max_input=max_input,
+            outputs=outputs,
+            layer=layer,
         )
     except RFGlobal as e:
         return LayerRF(name, depth, "global", None, None, None, None, HW(*e.input_shape), HW(0, 0), True)
     except RFTooLarge as e:
         h, w = e.input_shape
-        return LayerRF(name, depth, "global" if (e.everywhere and grow) else "larger", None, None, None, None, HW(h, w), HW(0, 0))
+        return LayerRF(
+            name,
+            depth,
+            "global" if (e.everywhere and grow) else "larger",
+            None,
+            None,
+            None,
+            None,
+            HW(h, w),
+            HW(0, 0),
+        )
     except RFError as e:  # one layer's failure must not end the sweep
         return LayerRF(name, depth, "error", None, None, None, None, HW(*shape[:2]), HW(0, 0), error=str(e))
     if isinstance(rf, dict):
         rf = rf[name]
     return LayerRF(
-        name, depth, "ok", rf.size, rf.stride, rf.offset, rf.padding, rf.input_shape, rf.output_shape, rf.global_
+        name,
+        depth,
+        "ok",
+        rf.size,
+        rf.stride,
+        rf.offset,
+        rf.padding,
+        rf.input_shape,
+        rf.output_shape,
+        rf.global_,
     )
 
 
@@ -192,12 +223,26 @@ def plot_layers(rows: Sequence[LayerRF], *, save: str | os.PathLike | None = Non
     for axis, marker in (("h", "o"), ("w", "s")):
         ok = np.array([r.status == "ok" for r in rows])
         sizes = np.array([getattr(r.size, axis) if r.size is not None else math.nan for r in rows])
-        ax.plot(depth[ok], sizes[ok], marker=marker, ms=4, lw=1, label=f"RF size ({axis})", gid=f"size-{axis}")
+        ax.plot(
+            depth[ok], sizes[ok], marker=marker, ms=4, lw=1, label=f"RF size ({axis})", gid=f"size-{axis}"
+        )
         bound = np.array([getattr(r.input_shape, axis) for r in rows], float)
         past = np.array([r.status in ("larger", "global") for r in rows])
         if past.any():
-            ax.plot(depth[past], bound[past], ls="none", marker=marker, mfc="none", label=f"> input ({axis})", gid=f"bound-{axis}")
-    size_in = max(max(r.input_shape) for r in rows if r.status == "ok") if any(r.status == "ok" for r in rows) else None
+            ax.plot(
+                depth[past],
+                bound[past],
+                ls="none",
+                marker=marker,
+                mfc="none",
+                label=f"> input ({axis})",
+                gid=f"bound-{axis}",
+            )
+    size_in = (
+        max(max(r.input_shape) for r in rows if r.status == "ok")
+        if any(r.status == "ok" for r in rows)
+        else None
+    )
     if size_in:
         ax.axhline(size_in, color="0.4", ls="--", lw=1, label=f"input size {size_in:g}", gid="input-size")
     ax.set_xticks(depth, [r.layer for r in rows], rotation=90, fontsize=7)
@@ -208,5 +253,7 @@ def plot_layers(rows: Sequence[LayerRF], *, save: str | os.PathLike | None = Non
         try:
             fig.savefig(save, dpi=100)
         except OSError as e:
-            raise RFError(f"save={os.fspath(save)!r} cannot be written ({e.strerror}); pass a writable path.") from None
+            raise RFError(
+                f"save={os.fspath(save)!r} cannot be written ({e.strerror}); pass a writable path."
+            ) from None
     return fig

@@ -38,7 +38,9 @@ HEAVY = {"InceptionV3", "InceptionResNetV2"}
 
 
 def _build(name: str, **kw) -> keras.Model:
-    return getattr(keras.applications, name)(weights=None, include_top=False, input_shape=(None, None, 3), **kw)
+    return getattr(keras.applications, name)(
+        weights=None, include_top=False, input_shape=(None, None, 3), **kw
+    )
 
 
 def _param(name: str):
@@ -78,7 +80,9 @@ def _resnet50_main_path() -> list[Layer]:
 def test_resnet50_rf_equals_the_published_size_and_its_closed_form_padding():
     # Distill lists resnet_v1_50 (TF-slim) as 483 / 32 / 239; Keras' ResNet50 strides in the
     # 1x1 conv and pads the stem explicitly, so its padding follows from its own chain.
-    rf = rfjax.receptive_field(_build("ResNet50"), layer="conv5_block3_out", input_shape=(224, 224, 3), grow=True)
+    rf = rfjax.receptive_field(
+        _build("ResNet50"), layer="conv5_block3_out", input_shape=(224, 224, 3), grow=True
+    )
     closed = analytic_sweep(_resnet50_main_path(), tuple(rf.input_shape))[-1]
     assert (rf.size, rf.stride) == (HW(483, 483), HW(32, 32))
     assert (closed.size, closed.stride) == (rf.size, rf.stride)
@@ -95,7 +99,9 @@ def _chain_from_keras(model: keras.Model) -> list[tuple[str, Layer]]:
     for layer in model.layers:
         cfg, cls = layer.get_config(), type(layer).__name__
         if cls in ("Conv2D", "DepthwiseConv2D"):
-            spec = Layer.conv(cfg["kernel_size"], cfg["strides"], dilation=cfg["dilation_rate"], padding=cfg["padding"])
+            spec = Layer.conv(
+                cfg["kernel_size"], cfg["strides"], dilation=cfg["dilation_rate"], padding=cfg["padding"]
+            )
         elif cls in ("MaxPooling2D", "AveragePooling2D"):
             spec = Layer.pool(cfg["pool_size"], cfg["strides"], padding=cfg["padding"])
         elif cls == "ZeroPadding2D":
@@ -121,7 +127,9 @@ def test_every_layer_of_a_chain_model_equals_the_closed_form(name):
     assert [r.layer for r in rows] == names
     depth_of = {n: d for d, (n, _) in enumerate(named)}
     for row in rows:
-        want = analytic_sweep([spec for _, spec in named[: depth_of[row.layer] + 1]], tuple(row.input_shape))[-1]
+        want = analytic_sweep([spec for _, spec in named[: depth_of[row.layer] + 1]], tuple(row.input_shape))[
+            -1
+        ]
         assert row.status == "ok" and not row.global_, row
         got = (row.size, row.stride, row.offset, row.padding, row.output_shape)
         assert got == (want.size, want.stride, want.offset, want.padding, want.output_shape), row.layer

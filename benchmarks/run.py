@@ -264,7 +264,7 @@ def run_way(network_name: str, way: str, repeats: int, timeout: float) -> dict:
         str(repeats),
     ]
     try:
-        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(cmd, check=False, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {timeout:.0f} s"}
     for line in proc.stdout.splitlines():
@@ -333,9 +333,11 @@ def markdown(network_name: str, results: dict[str, dict], m: dict, repeats: int,
         )
     lines += [
         "",
-        f"Each way runs in a fresh process: first call includes tracing/compilation; steady = median of {repeats} "
-        "further calls; peak RSS = the process's ru_maxrss (imported libraries included); "
-        "ratio = steady median / the fastest TF way's (below 1 is faster).",
+        (
+            f"Each way runs in a fresh process: first call includes tracing/compilation; steady = median of {repeats} "
+            "further calls; peak RSS = the process's ru_maxrss (imported libraries included); "
+            "ratio = steady median / the fastest TF way's (below 1 is faster)."
+        ),
     ]
     if problems:
         lines += ["", "**The ways disagree:** " + "; ".join(problems)]

@@ -25,7 +25,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from benchmarks.run import header_line, machine, replace_in_readme  # noqa: E402
+from benchmarks.run import header_line, machine, replace_in_readme
 
 ZOO = (
     "VGG16", "VGG19", "ResNet50", "ResNet50V2", "ResNet101", "InceptionV3", "InceptionResNetV2", "Xception",
@@ -91,13 +91,17 @@ def measure(name: str) -> dict:
 
 def markdown(rows: list[dict], m: dict, wall: float) -> str:
     lines = [
-        "**Zoo sweep**: the last layer's RF of every `keras.applications` model, one fresh process, "
-        f"starting at {START[0]}x{START[1]} with `grow=True`.",
+        (
+            "**Zoo sweep**: the last layer's RF of every `keras.applications` model, one fresh process, "
+            f"starting at {START[0]}x{START[1]} with `grow=True`."
+        ),
         "",
         header_line(m),
         "",
-        "| model | layer | RF size | stride | eff. padding | input used | published | build s | convert s | "
-        "prepare s | RF s (compile + run) |",
+        (
+            "| model | layer | RF size | stride | eff. padding | input used | published | build s | convert s | "
+            "prepare s | RF s (compile + run) |"
+        ),
         "|---|---|---:|---:|---:|---:|:-:|---:|---:|---:|---:|",
     ]
     for r in rows:
@@ -114,10 +118,12 @@ def markdown(rows: list[dict], m: dict, wall: float) -> str:
     per_model = sum(r["convert_s"] + r["prepare_s"] + r["rf_s"] for r in ok)
     lines += [
         "",
-        f"{len(ok)} of {len(rows)} models in {wall:.0f} s wall ({60 * len(ok) / wall:.1f} architectures per minute, "
-        f"Keras model building included); conversion + preparation + RF alone {per_model:.0f} s. "
-        f"Peak RSS {max((r['rss_gib'] for r in ok), default=0):.1f} GiB. "
-        "'(global)': squeeze-and-excitation or other global branches; the size is the local path's.",
+        (
+            f"{len(ok)} of {len(rows)} models in {wall:.0f} s wall ({60 * len(ok) / wall:.1f} architectures per "
+            f"minute, Keras model building included); conversion + preparation + RF alone {per_model:.0f} s. "
+            f"Peak RSS {max((r['rss_gib'] for r in ok), default=0):.1f} GiB. "
+            "'(global)': squeeze-and-excitation or other global branches; the size is the local path's."
+        ),
     ]
     return "\n".join(lines) + "\n"
 

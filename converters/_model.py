@@ -253,7 +253,7 @@ class KerasModel:
         found = set()
         for node in plan:
             inputs: list = []
-            _map(lambda v: inputs.append(v.node) if isinstance(v, Ref) else None, (node.args, node.kwargs))
+            _map(lambda v, acc=inputs: acc.append(v.node) if isinstance(v, Ref) else None, (node.args, node.kwargs))
             varies = any(small[i] != large[i] for i in inputs)
             if varies and small[node.name] == large[node.name]:
                 found.add(node.name)

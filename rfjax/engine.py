@@ -203,6 +203,7 @@ def _run_slots(
     backward program over equal chunks."""
     n_slots = masks[0].shape[0]
     size = n_slots if chunk is None else max(1, min(chunk, n_slots))
+    size = math.ceil(n_slots / math.ceil(n_slots / size))  # equal chunks, the least padding
     size = math.ceil(size / n_devices) * n_devices
     n_chunks = math.ceil(n_slots / size)
     pad = n_chunks * size - n_slots

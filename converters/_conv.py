@@ -140,21 +140,64 @@ def _depthwise(
 def max_pool(x: jax.Array, window: Sequence[int], strides: Sequence[int], padding: str) -> jax.Array:
     """``lax.reduce_window(x, -inf, max, window, strides, padding)`` for 4-D ``x`` whose
     ``window``/``strides`` are 1 on the non-spatial axes. The value is the window's
-    maximum; its gradient goes to the window's first maximum (row-major order)."""
-    axes = [a for a in range(4) if window[a] > 1 or strides[a] > 1]
+    maximum; its gradient goes to the window's first maximum (row-major order).
+
+    A ``custom_vjp`` around a plain maximum over taps: :func:`rfjax.prepare.linearize`
+    inlines it and turns the maxima into means (average pooling), as it does for
+    ``reduce_window``; 'same' windows are padded with edge copies (not ``-inf``, which
+    the means would spread) that the gradient never selects."""
+    return _max_pool(x, tuple(int(v) for v in window), tuple(int(v) for v in strides), padding)
+
+
+def _pool_taps(x: jax.Array, window: tuple, strides: tuple, padding: str) -> tuple[list, list]:
+    """The strided slices of every window offset, and for each a boolean (broadcastable)
+    mask of the outputs whose tap lies inside the unpadded input."""
+    pads = [(0, 0)] * 4
     if padding == "SAME":
-        pads = [same_padding(x.shape[a], window[a], strides[a]) if a in axes else (0, 0) for a in range(4)]
-        x = jnp.pad(x, pads, constant_values=-jnp.inf)
+        pads = [same_padding(x.shape[a], window[a], strides[a]) for a in range(4)]
+        x = jnp.pad(x, pads, mode="edge")
+    n = [x.shape[a] - sum(pads[a]) for a in range(4)]
     out_shape = [(x.shape[a] - window[a]) // strides[a] + 1 for a in range(4)]
-    taps = []
-    for offset in np.ndindex(*[window[a] for a in range(4)]):
+    taps, valid = [], []
+    for offset in np.ndindex(*window):
         stop = [o + strides[a] * (out_shape[a] - 1) + 1 for a, o in enumerate(offset)]
-        taps.append(lax.slice(x, offset, stop, tuple(strides)))
+        taps.append(lax.slice(x, offset, stop, strides))
+        mask = np.ones([1] * 4, bool)
+        for a in range(4):
+            pos = offset[a] + strides[a] * np.arange(out_shape[a]) - pads[a][0]
+            mask = mask & ((pos >= 0) & (pos < n[a])).reshape([-1 if b == a else 1 for b in range(4)])
+        valid.append(mask)
+    return taps, valid
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
+def _max_pool(x: jax.Array, window: tuple, strides: tuple, padding: str) -> jax.Array:
+    taps, _ = _pool_taps(x, window, strides, padding)
+    return functools.reduce(jnp.maximum, taps)
+
+
+def _routed(x: jax.Array, window: tuple, strides: tuple, padding: str) -> jax.Array:
+    """The same value as :func:`_max_pool`, as a sum of selected taps: its gradient is
+    the first-maximum routing."""
+    taps, valid = _pool_taps(x, window, strides, padding)
     top = lax.stop_gradient(functools.reduce(jnp.maximum, taps))
     out, found = None, None
-    for v in taps:
-        first = (v == top) if found is None else (v == top) & ~found
+    for v, ok in zip(taps, valid):
+        hit = (v == top) & ok
+        first = hit if found is None else hit & ~found
         found = first if found is None else found | first
         term = jnp.where(first, v, 0.0)
         out = term if out is None else out + term
     return out
+
+
+def _max_pool_fwd(x, window, strides, padding):
+    return _max_pool(x, window, strides, padding), x
+
+
+def _max_pool_bwd(window, strides, padding, x, g):
+    _, pull = jax.vjp(lambda x: _routed(x, window, strides, padding), x)
+    return pull(g)
+
+
+_max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -12,7 +11,7 @@ import jax.numpy as jnp
 from converters import _collapse
 from converters._geometry import rf_bounds
 from converters._graph import Graph, Ref, _map
-from converters._registry import lookup, supported_layers
+from converters._registry import check_name, lookup, supported_layers
 from rfjax.errors import RFError
 
 
@@ -220,15 +219,12 @@ class KerasModel:
 
     # ------------------------------------------------------------------ internals
     def _check_name(self, name: Any) -> str:
-        if isinstance(name, str) and name in self.layer_names:
-            return name
-        near = difflib.get_close_matches(str(name), self.layer_names, n=3, cutoff=0.6)
-        hint = (
-            f"did you mean {', '.join(map(repr, near))}?"
-            if near
-            else "see .layer_names for the model's layers."
+        return check_name(
+            name,
+            self.layer_names,
+            "layer {name} is not in the model",
+            "see .layer_names for the model's layers.",
         )
-        raise RFError(f"layer {name!r} is not in the model; {hint}")
 
     def _ref(self, name: str) -> Ref:
         return self._graph.aliases.get(name, Ref(name))
@@ -253,7 +249,10 @@ class KerasModel:
         found = set()
         for node in plan:
             inputs: list = []
-            _map(lambda v, acc=inputs: acc.append(v.node) if isinstance(v, Ref) else None, (node.args, node.kwargs))
+            _map(
+                lambda v, acc=inputs: acc.append(v.node) if isinstance(v, Ref) else None,
+                (node.args, node.kwargs),
+            )
             varies = any(small[i] != large[i] for i in inputs)
             if varies and small[node.name] == large[node.name]:
                 found.add(node.name)

@@ -19,8 +19,11 @@ may also be registered under ``"package.module.ClassName"``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import difflib
+from collections.abc import Callable, Sequence
 from typing import Any
+
+from rfjax.errors import RFError
 
 Params = dict[str, Any]
 Apply = Callable[..., Any]
@@ -52,3 +55,13 @@ def lookup(keys: tuple[str, ...]) -> Converter | None:
 def supported_layers() -> list[str]:
     """Sorted names of every registered converter (Keras layers, then ``ops.*``)."""
     return sorted(_REGISTRY, key=lambda k: (k.startswith("ops."), k.lower()))
+
+
+def check_name(name: Any, names: Sequence[str], what: str, otherwise: str) -> str:
+    """``name`` if it is one of ``names``; else an :class:`RFError` suggesting near names
+    (``what``: "layer ... is not in the model"; ``otherwise``: the hint without any)."""
+    if isinstance(name, str) and name in names:
+        return name
+    near = difflib.get_close_matches(str(name), names, n=3, cutoff=0.6)
+    hint = f"did you mean {', '.join(map(repr, near))}?" if near else otherwise
+    raise RFError(f"{what.format(name=repr(name))}; {hint}")

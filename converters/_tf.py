@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -20,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from converters._registry import check_name
 from rfjax.errors import RFError
 from rfjax.prepare import _KERNEL_NAMES, _ONE_NAMES, _ZERO_NAMES, linearize, prepare_params
 
@@ -318,15 +318,12 @@ class TFModel:
         return {name: outs[name] for name in self.output_names}
 
     def _check_name(self, name: Any) -> str:
-        if isinstance(name, str) and name in self.layer_names:
-            return name
-        near = difflib.get_close_matches(str(name), self.layer_names, n=3, cutoff=0.6)
-        hint = (
-            f"did you mean {', '.join(map(repr, near))}?"
-            if near
-            else f"its outputs are {list(self.layer_names)}."
+        return check_name(
+            name,
+            self.layer_names,
+            "output {name} is not in the function",
+            f"its outputs are {list(self.layer_names)}.",
         )
-        raise RFError(f"output {name!r} is not in the function; {hint}")
 
 
 def from_tf(

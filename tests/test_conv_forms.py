@@ -102,3 +102,18 @@ def test_max_pool_routes_ties_like_tensorflow(size, strides, padding):
     np.testing.assert_allclose(
         pull(jnp.asarray(ct))[0], tape.gradient(yt, xt, output_gradients=tf.constant(ct)).numpy(), rtol=1e-6
     )
+
+
+@pytest.mark.parametrize("size,strides,padding", POOLS)
+def test_max_pool_becomes_average_pooling_under_the_rf_preparation(size, strides, padding):
+    from rfjax.prepare import linearize
+
+    x = jnp.asarray(np.random.default_rng(5).normal(size=(1, 9, 10, 2)), jnp.float32)
+    win, st = _window(size, False), _window(strides, False)
+    prepared = linearize(lambda x: max_pool(x, win, st, padding))
+    y, pull = jax.vjp(prepared, x)
+    assert np.isfinite(np.asarray(y)).all()
+    got = np.asarray(pull(jnp.ones_like(y))[0]) > 0
+    ref = lax.reduce_window(x, 0.0, lax.add, win, st, padding)  # same windows, every tap
+    want = np.asarray(jax.vjp(lambda x: lax.reduce_window(x, 0.0, lax.add, win, st, padding), x)[1](jnp.ones_like(ref))[0]) > 0
+    np.testing.assert_array_equal(got, want)

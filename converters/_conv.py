@@ -176,28 +176,29 @@ def _max_pool(x: jax.Array, window: tuple, strides: tuple, padding: str) -> jax.
     return functools.reduce(jnp.maximum, taps)
 
 
-def _routed(x: jax.Array, window: tuple, strides: tuple, padding: str) -> jax.Array:
-    """The same value as :func:`_max_pool`, as a sum of selected taps: its gradient is
-    the first-maximum routing."""
+def _first_maxima(x: jax.Array, window: tuple, strides: tuple, padding: str) -> tuple[jax.Array, list]:
+    """The pooled value and, per tap, where it is the window's first maximum inside the
+    unpadded input (the taps the gradient goes to)."""
     taps, valid = _pool_taps(x, window, strides, padding)
-    top = lax.stop_gradient(functools.reduce(jnp.maximum, taps))
-    out, found = None, None
+    top = functools.reduce(jnp.maximum, taps)
+    firsts, found = [], None
     for v, ok in zip(taps, valid):
         hit = (v == top) & ok
         first = hit if found is None else hit & ~found
         found = first if found is None else found | first
-        term = jnp.where(first, v, 0.0)
-        out = term if out is None else out + term
-    return out
+        firsts.append(first)
+    return top, firsts
 
 
 def _max_pool_fwd(x, window, strides, padding):
-    return _max_pool(x, window, strides, padding), x
+    top, firsts = _first_maxima(x, window, strides, padding)
+    return top, (x, firsts)  # the masks are computed once, in the forward pass
 
 
-def _max_pool_bwd(window, strides, padding, x, g):
-    _, pull = jax.vjp(lambda x: _routed(x, window, strides, padding), x)
-    return pull(g)
+def _max_pool_bwd(window, strides, padding, res, g):
+    x, firsts = res
+    _, pull = jax.vjp(lambda x: _pool_taps(x, window, strides, padding)[0], x)  # slices: linear
+    return pull([jnp.where(f, g, 0.0) for f in firsts])
 
 
 _max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)

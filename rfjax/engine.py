@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rfjax._types import HW, GradientMaps
-from rfjax.errors import RFError
+from rfjax.errors import RFCallError, RFError
 from rfjax.lines import line_supports
 
 InputChannels = str  # "abs_sum" | "sum" | "keep"
@@ -92,7 +92,7 @@ def output_shapes(
         raise
     except Exception as e:  # noqa: BLE001 - any failure inside the user's function
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise RFError(
+        raise RFCallError(
             f"fn failed on an input of shape {tuple(x.shape)} ({type(e).__name__}: {msg[:200]}); "
             "check input_shape against the model (too-small inputs break 'valid' layers)."
         ) from None

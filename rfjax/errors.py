@@ -9,6 +9,11 @@ class RFError(ValueError):
     """Bad input to rfjax: the message names the argument and the fix."""
 
 
+class RFCallError(RFError):
+    """The function failed when called on the input (usually an input its layers cannot
+    take, such as one too small for a 'valid' layer)."""
+
+
 class RFTooLarge(RFError):
     """The RF reaches past the input on some axis, so it cannot be measured there.
 

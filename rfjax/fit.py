@@ -23,7 +23,7 @@ import numpy as np
 
 from rfjax import engine
 from rfjax._types import HW, GradientMaps, ReceptiveField
-from rfjax.errors import RFError, RFGlobal, RFTooLarge
+from rfjax.errors import RFCallError, RFError, RFGlobal, RFTooLarge
 from rfjax.lines import line_supports
 from rfjax.prepare import constant_input, linearize, prepare_params
 
@@ -326,7 +326,7 @@ def receptive_field(
                 continue
             raise _too_large(e, shape) from None
         except RFError as e:
-            if shape != given and str(e).startswith("fn failed on an input"):
+            if shape != given and isinstance(e, RFCallError):
                 shape = given  # a model that runs only at some sizes (NASNet): grow by doubling instead
                 continue
             if held and "is zero for" in str(e):

@@ -75,7 +75,11 @@ class KerasModel:
         _built: tuple[dict, dict] | None = None,
     ):
         self._graph, self._rf, self._hold, self._one = graph, rf, hold, one_channel and rf
-        self._fns, self.params = _built if _built is not None else _build(graph, rf, self._one)
+        if _built is None:  # built once per graph and mode: copies share functions and weights
+            _built = graph.cache.get(("built", rf, self._one))
+            if _built is None:
+                _built = graph.cache[("built", rf, self._one)] = _build(graph, rf, self._one)
+        self._fns, self.params = _built
         self.layer_names: tuple[str, ...] = tuple(n.name for n in graph.nodes) + tuple(graph.aliases)
         names = (
             graph.outputs if outputs is None else ([outputs] if isinstance(outputs, str) else list(outputs))
@@ -113,7 +117,9 @@ class KerasModel:
         env = self._run(params, x, self._plan)
         return {name: self._to_nhwc(_value(env, self._ref(name))) for name in self.output_names}
 
-    def _run(self, params: Any, x: jax.Array, plan: Sequence) -> dict[str, list]:
+    def _run(self, params: Any, x: jax.Array, plan: Sequence, supports: bool = True) -> dict[str, list]:
+        """Every node's outputs; ``supports=False`` leaves out the one-channel copy's
+        supports-only backward rule (for shape traces, where it only costs time)."""
         env: dict[str, list] = {self._graph.input: [x]}
         for node in plan:
             args = _map(lambda v: _value(env, v), node.args)
@@ -121,7 +127,7 @@ class KerasModel:
             out = self._fns[node.layer](params.get(node.layer, {}), *args, **kwargs)
             if node.name in self._hold:
                 out = jax.tree.map(jax.lax.stop_gradient, out)
-            elif self._one and self._rf:
+            elif self._one and self._rf and supports:
                 out = jax.tree.map(_support_only, out)
             env[node.name] = [out] if node.n_outputs == 1 else list(out)
         return env
@@ -235,16 +241,24 @@ class KerasModel:
             return frozenset()
         plan = tuple(n for n in self._graph.nodes if n.name != self._graph.input)
 
-        def shapes(scale: int) -> dict:
-            x = jax.ShapeDtypeStruct((1, h * scale, w * scale, c), jnp.float32)
+        def shapes(model: KerasModel, scale: int) -> dict:
+            ch = 1 if model._one else c
+            x = jax.ShapeDtypeStruct((1, h * scale, w * scale, ch), jnp.float32)
             if self.channels_first:
-                x = jax.ShapeDtypeStruct((1, c, h * scale, w * scale), jnp.float32)
-            env = jax.eval_shape(lambda x: self._run(self.params, x, plan), x)
+                x = jax.ShapeDtypeStruct((1, ch, h * scale, w * scale), jnp.float32)
+            env = jax.eval_shape(lambda x: model._run(model.params, x, plan, supports=False), x)
             return {k: jax.tree.map(lambda a: tuple(a.shape), v) for k, v in env.items()}
 
-        try:
-            small, large = shapes(1), shapes(2)
-        except Exception:  # noqa: BLE001 - a fixed-size model (flatten + dense) has no second size
+        # The spatial shapes are the same in the one-channel RF copy, whose trace is
+        # several times cheaper (depthwise layers are single convolutions there).
+        small = large = None
+        for model in (self.prepared(one_channel=True), self):
+            try:
+                small, large = shapes(model, 1), shapes(model, 2)
+                break
+            except Exception:  # noqa: BLE001, S112 - a fixed-size model (flatten + dense) has no second size
+                continue
+        if small is None:
             return frozenset()
         found = set()
         for node in plan:

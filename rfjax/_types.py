@@ -83,7 +83,9 @@ class ReceptiveField:
         in pixels; 0 for networks with a uniform grid.
       method: ``"cells"`` (one gradient map per cell) or ``"lines"`` (one per grid
         row and column; exact for RFs that are products of row and column sets, which
-        every convolution/pooling network has).
+        every convolution/pooling network has), or ``"central"`` (growing fits: the
+        three grid rows and columns around the centre, once the input is large enough
+        that they are unclipped translated copies of one RF).
       global_: True when every cell also depends on the whole input through a global
         branch (squeeze-and-excitation gates, image-pooling branches of converted
         models). ``size``, ``stride``, ``offset`` and ``padding`` then describe the

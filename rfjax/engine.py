@@ -72,10 +72,28 @@ def _as_batch(x: Any) -> jax.Array:
 
 
 @functools.lru_cache(maxsize=256)
-def _traced(fn: Callable, with_params: bool) -> Callable:
-    """``fn`` under ``jax.jit``, whose ``eval_shape`` reuses its trace for inputs of the
-    same shapes (a plain ``jax.eval_shape`` re-runs the Python of a whole model)."""
-    return jax.jit(fn) if with_params else jax.jit(lambda params, x: fn(x))
+def _forward(fn: Callable, with_params: bool, n_devices: int) -> Callable:
+    """The engine's compiled forward pass ``(params, x) -> (out, vjp)``. One jitted
+    function per ``fn``: :func:`output_shapes` traces it with ``eval_shape`` and the
+    run that follows compiles from that same trace (a deep model's Python runs once)."""
+
+    def forward(params, x):
+        return jax.vjp((lambda x: fn(params, x)) if with_params else fn, x)
+
+    if n_devices <= 1:
+        return jax.jit(forward)
+    mesh = _mesh(n_devices)
+    return jax.jit(forward, out_shardings=jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+
+
+@functools.lru_cache(maxsize=16)
+def _mesh(n_devices: int) -> jax.sharding.Mesh:
+    return jax.make_mesh(
+        (n_devices,),
+        ("slots",),
+        devices=jax.local_devices()[:n_devices],
+        axis_types=(jax.sharding.AxisType.Auto,),
+    )
 
 
 def output_shapes(
@@ -87,7 +105,7 @@ def output_shapes(
     Returns ``(structure, names, shapes)``; raises :class:`RFError` otherwise.
     """
     try:
-        struct = _traced(fn, params is not None).eval_shape(params, x)
+        struct, _ = _forward(fn, params is not None, _device_count(None)).eval_shape(params, x)
     except RFError:
         raise
     except Exception as e:  # noqa: BLE001 - any failure inside the user's function
@@ -147,9 +165,6 @@ def _program(fn: Callable, with_params: bool, input_channels: InputChannels, n_d
     over the first ``n_devices`` local devices.
     """
 
-    def forward(params, x):
-        return jax.vjp((lambda x: fn(params, x)) if with_params else fn, x)
-
     def backward(out, vjp_fn, masks, chans):
         _, leaves = _flatten_outputs(out)
 
@@ -165,16 +180,11 @@ def _program(fn: Callable, with_params: bool, input_channels: InputChannels, n_d
 
         return jax.vmap(one)(masks)
 
+    forward = _forward(fn, with_params, n_devices)
     if n_devices <= 1:
-        return Program(jax.jit(forward), jax.jit(backward))
-    mesh = jax.make_mesh(
-        (n_devices,),
-        ("slots",),
-        devices=jax.local_devices()[:n_devices],
-        axis_types=(jax.sharding.AxisType.Auto,),
-    )
+        return Program(forward, jax.jit(backward))
+    mesh = _mesh(n_devices)
     spec = jax.sharding.PartitionSpec
-    replicated = jax.sharding.NamedSharding(mesh, spec())
 
     def sharded(out, vjp_fn, masks, chans):
         return jax.shard_map(
@@ -185,7 +195,7 @@ def _program(fn: Callable, with_params: bool, input_channels: InputChannels, n_d
             check_vma=False,  # the VJP was traced outside the map, with invariant types
         )(out, vjp_fn, masks, chans)
 
-    return Program(jax.jit(forward, out_shardings=replicated), jax.jit(sharded))
+    return Program(forward, jax.jit(sharded))
 
 
 def _run_slots(
@@ -234,7 +244,7 @@ def memory_per_chunk(
     masks = [jax.ShapeDtypeStruct((chunk, s[1], s[2], 1), jnp.float32) for s in shapes]
     chans = [jax.ShapeDtypeStruct((s[3],), jnp.float32) for s in shapes]
     prog = _program(fn, params is not None, input_channels, 1)
-    out, vjp_fn = jax.eval_shape(prog.forward, params, x)
+    out, vjp_fn = prog.forward.eval_shape(params, x)
     compiled = prog.backward.lower(out, vjp_fn, masks, chans).compile()
     mem = compiled.memory_analysis()
     if mem is None:  # pragma: no cover - backends without memory analysis

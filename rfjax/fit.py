@@ -24,7 +24,7 @@ import numpy as np
 from rfjax import engine
 from rfjax._types import HW, GradientMaps, ReceptiveField
 from rfjax.errors import RFCallError, RFError, RFGlobal, RFTooLarge
-from rfjax.lines import line_supports
+from rfjax.lines import central_index, central_lines, line_supports
 from rfjax.prepare import constant_input, linearize, prepare_params
 
 _PREPARE_HINT = "use prepare=True (linear activations, average pooling, constant positive weights)"
@@ -68,6 +68,54 @@ def _axis_fit(index: np.ndarray, supports: list[np.ndarray], n: int, axis: str, 
     resid = float(np.sqrt(np.mean((a @ np.array([offset, stride]) - centre) ** 2)))
     size = float(extent[free].max())
     return _clean(size), _clean(stride), _clean(offset), _clean(resid), free
+
+
+def _central_axis(index: np.ndarray, supports: list, n: int, axis: str):
+    """Fit one axis from a few adjacent central lines (:func:`rfjax.lines.central_lines`):
+    ``(size, stride, offset)``, or ``None`` when they do not look like translated copies
+    of one unclipped RF (unreadable, unequal extents or spacing), so the full lines pass
+    must decide. Raises ``_TooSmall`` when the middle line reaches the input's edge."""
+    if any(s is None or s.size == 0 for s in supports):
+        return None
+    lo = np.array([s[0] for s in supports], float)
+    hi = np.array([s[-1] for s in supports], float)
+    edge = (lo == 0) | (hi == n - 1)
+    if edge[len(edge) // 2]:  # the middle line is clipped: grow
+        raise _TooSmall(axis, bool(np.all((lo == 0) & (hi == n - 1))))
+    if edge.any():
+        return None
+    extent = hi - lo + 1
+    steps = np.diff((lo + hi + 1) / 2) / np.diff(index)
+    if np.any(extent != extent[0]) or np.any(steps != steps[0]) or steps[0] <= 0:
+        return None
+    stride = float(steps[0])
+    return _clean(extent[0]), _clean(stride), _clean((lo[0] + hi[0] + 1) / 2 - stride * index[0])
+
+
+def fit_central(
+    index: np.ndarray, rows: list, cols: list, input_shape: HW, output_shape: HW, name: Any = None
+) -> ReceptiveField | None:
+    """The RF from a few central lines per axis (``method="central"``), or ``None`` when
+    they are not enough (see :func:`_central_axis`)."""
+    h = _central_axis(index, rows, int(input_shape.h), "h")
+    w = _central_axis(index, cols, int(input_shape.w), "w")
+    if h is None or w is None:
+        return None
+    (sh, st_h, off_h), (sw, st_w, off_w) = h, w
+    n = 2 * len(index)
+    return ReceptiveField(
+        size=HW(sh, sw),
+        stride=HW(st_h, st_w),
+        offset=HW(off_h, off_w),
+        padding=HW(_clean(sh / 2 - off_h), _clean(sw / 2 - off_w)),
+        input_shape=input_shape,
+        output_shape=output_shape,
+        cells_used=n,
+        cells_clipped=0,
+        residual=HW(0.0, 0.0),
+        method="central",
+        name=name,
+    )
 
 
 def _clean(v: float) -> float:
@@ -297,6 +345,11 @@ def receptive_field(
             input_shape = converted.input_shape
         one = channels is None
         view = _view(converted, outputs, prepare, one_channel=one)
+        # squeeze-excitation, image pooling: measure the local path (global branches
+        # held constant) and say the output is global
+        held = _global_outputs(converted, view)
+        if held:
+            view = _view(converted, view.output_names, prepare, held=True, one_channel=one)
         base, params, outputs = view.apply, view.params, None
     else:
         base, params = _resolve(fn, params)
@@ -307,19 +360,14 @@ def receptive_field(
     if grow and x is None and converted is not None:
         shape = _first_size(converted, view.output_names, shape, max_input)
     method = ("lines" if prepare else "cells") if method == "auto" else method
-    held: frozenset = frozenset()  # outputs measured with their global branches held
+    if converted is None:
+        held: frozenset = frozenset()  # outputs measured with their global branches held
     while True:
         xin = constant_input(shape) if (x is None or tuple(np.shape(x))[-3:] != tuple(shape)) else x
         can_grow = grow and x is None and max(shape[0], shape[1]) < max_input
         try:
             result = _fit_all(base, params, xin, method, outputs, channels, strict=can_grow)
         except _TooSmall as e:
-            if e.everywhere and not held and converted is not None:
-                held = _global_outputs(converted, view)
-                if held:  # squeeze-excitation, image pooling: measure the local path, say it is global
-                    view = _view(converted, view.output_names, prepare, held=True, one_channel=one)
-                    base, params = view.apply, view.params
-                    continue
             if can_grow:  # double, the last step landing on max_input
                 f = min(2.0, max_input / max(shape[0], shape[1]))
                 shape = (int(shape[0] * f), int(shape[1] * f), shape[2])
@@ -410,19 +458,27 @@ def _fit_all(fn: Callable, params: Any, x: Any, method: str, outputs, channels, 
         engine._channel_vector(channels if k in selected else None, s[3], _label(names[k]))
         for k, s in enumerate(shapes)
     ]
-    chunk = engine.default_chunk(fn, params, xb, shapes, "abs_sum")
-    run = functools.partial(
-        engine._run_slots,
-        fn,
-        params,
-        xb,
-        input_channels="abs_sum",
-        chunk=chunk,
-        n_devices=engine._device_count(None),
-    )
     hw = HW(int(xb.shape[1]), int(xb.shape[2]))
     grids = {k: (shapes[k][1], shapes[k][2]) for k in selected}
 
+    def runner(chunk: int | None) -> Callable:
+        return functools.partial(
+            engine._run_slots,
+            fn,
+            params,
+            xb,
+            input_channels="abs_sum",
+            chunk=chunk,
+            n_devices=engine._device_count(None),
+        )
+
+    out = {}
+    if strict:  # growing: three central lines per axis, one small pass, no chunking probes
+        out = _fit_central_all(runner(None), shapes, chans, names, grids, hw)
+        grids = {k: g for k, g in grids.items() if names[k] not in out}
+        if not grids:
+            return out[None] if names == [None] else out
+    run = runner(engine.default_chunk(fn, params, xb, shapes, "abs_sum"))
     probes = {k: _probe_cells(g) for k, g in grids.items()}
     seen: dict = {}
 
@@ -439,7 +495,6 @@ def _fit_all(fn: Callable, params: Any, x: Any, method: str, outputs, channels, 
         return {k: out[k][: len(per_output[k])] for k in per_output}
 
     lines = line_supports(run_lines, grids, tuple(hw))
-    out = {}
     for k, g in grids.items():
         if _is_product(np.abs(seen[k]) > 0, probes[k], *lines[k]):
             rows, cols = (np.arange(g[0]), lines[k][0]), (np.arange(g[1]), lines[k][1])
@@ -455,6 +510,38 @@ def _fit_all(fn: Callable, params: Any, x: Any, method: str, outputs, channels, 
             )
             out[names[k]] = fit_maps(maps[names[k]] if isinstance(maps, dict) else maps, strict)
     return out[None] if names == [None] else out
+
+
+def _fit_central_all(run: Callable, shapes: list, chans: list, names: list, grids: dict, hw: HW) -> dict:
+    """``{name: ReceptiveField}`` for the outputs whose three central lines per axis fit
+    (:func:`fit_central`) and whose off-diagonal probe cell shows a product RF;
+    the others are left to the full lines pass. Raises ``_TooSmall`` when the middle
+    line reaches the input's edge."""
+    centre = {k: central_index(g) for k, g in grids.items() if min(g) >= 3}
+    probes = {k: np.array([(k0 - 1, k0 + 1)]) for k, k0 in centre.items()}
+    seen: dict = {}
+
+    def run_lines(per_output: dict) -> dict:
+        both = {
+            k: np.concatenate([m, engine._one_hot(probes[k], grids[k])]) if k in probes else m
+            for k, m in per_output.items()
+        }
+        got = engine._run_many(run, shapes, chans, both)
+        for k, g in got.items():
+            _check_maps(g, np.abs(g) > 0, names[k])
+        seen.update({k: got[k][len(per_output[k]) :] for k in per_output if k in probes})
+        return {k: got[k][: len(per_output[k])] for k in per_output}
+
+    out = {}
+    for k, (index, rows, cols) in central_lines(run_lines, grids).items():
+        rf = fit_central(index, rows, cols, hw, HW(*grids[k]), name=names[k])
+        pos = {i: n for n, i in enumerate(index)}
+        full_rows, full_cols = [None] * grids[k][0], [None] * grids[k][1]
+        for i in index:
+            full_rows[i], full_cols[i] = rows[pos[i]], cols[pos[i]]
+        if rf is not None and _is_product(np.abs(seen[k]) > 0, probes[k], full_rows, full_cols):
+            out[names[k]] = rf
+    return out
 
 
 def _probe_cells(grid: tuple[int, int]) -> np.ndarray:

@@ -158,3 +158,36 @@ def line_supports(run_many: Callable[[dict], dict], grids: dict, input_hw: tuple
         for k, p in singles.items():
             _read_slots(np.abs(out[k]) > 0, *p, *state[k], *geo[k])
     return state
+
+
+def central_index(grid: tuple[int, int]) -> int:
+    """The middle one of the three central lines of a grid (at least 3x3)."""
+    return max(1, (min(grid) - 1) // 2)
+
+
+def central_lines(run_many: Callable[[dict], dict], grids: dict) -> dict:
+    """Supports of the three grid rows and columns around the centre only, from one
+    backward pass of three crosses (grid row ``i`` with grid column ``i``).
+
+    What a growing fit needs once the input is large enough: away from the border every
+    cell of a convolutional network sees a translated copy of the same RF, so three
+    adjacent unclipped lines give size, stride and offset (and show the translation:
+    equal extents, equal spacing). On a 98x98 grid that is 3 slots instead of about 100.
+
+    Returns ``{k: (index, rows, cols)}``: the grid indices ``index`` (three, ascending)
+    and per index the input rows (columns) it reaches, ``None`` where a cross could not
+    be read. Grids shorter than 3 on a side are left out.
+    """
+    picks = {k: central_index(g) for k, g in grids.items() if min(g) >= 3}
+    if not picks:
+        return {}
+    plans = {k: ([[k0 - 1], [k0], [k0 + 1]], [[k0 - 1], [k0], [k0 + 1]]) for k, k0 in picks.items()}
+    out = run_many({k: _cross_masks(grids[k], *p) for k, p in plans.items()})
+    result = {}
+    for k, k0 in picks.items():
+        rows: Sets = [None] * grids[k][0]
+        cols: Sets = [None] * grids[k][1]
+        _read_slots(np.abs(out[k]) > 0, *plans[k], rows, cols, (0.0, 0, 0.0, 0.0), (0.0, 0, 0.0, 0.0))
+        index = np.arange(k0 - 1, k0 + 2)
+        result[k] = (index, [rows[i] for i in index], [cols[j] for j in index])
+    return result

@@ -75,6 +75,37 @@ def test_rf_larger_than_input_is_reported_and_grow_fixes_it():
     assert rf.size == HW(31, 31) and rf.offset == HW(0.5, 0.5) and rf.input_shape == HW(48, 48)
 
 
+def test_growing_fit_reads_three_central_lines_and_agrees_with_the_closed_form():
+    # stride-2 valid 3x3, then two 5x5 'same' convs: size 3 + 2*4*2 = 19, stride 2;
+    # offset from cell 0's virtual span [-8, 11): 1.5, so P = 19/2 - 1.5 = 8
+    def fn(x):
+        x = conv(x, (3, 3), (2, 2), cout=1)
+        return conv(conv(x, (5, 5), padding="SAME", cout=1), (5, 5), padding="SAME", cout=1)
+
+    grown = rfjax.receptive_field(fn, (20, 20, 1), grow=True)
+    assert grown.method == "central" and grown.cells_used == 6 and grown.input_shape == HW(40, 40)
+    assert grown.size == HW(19, 19) and grown.stride == HW(2, 2) and grown.offset == HW(1.5, 1.5)
+    assert grown.padding == HW(8, 8)
+    full = rfjax.receptive_field(fn, (40, 40, 1), method="lines")  # every grid line, same input
+    assert (full.size, full.stride, full.offset) == (grown.size, grown.stride, grown.offset)
+
+
+def test_central_lines_that_are_not_translated_copies_are_left_to_the_full_pass():
+    from rfjax.fit import _TooSmall, fit_central
+
+    idx = np.array([4, 5, 6])
+    ok = [np.arange(10, 19), np.arange(12, 21), np.arange(14, 23)]  # extent 9, stride 2
+    rf = fit_central(idx, ok, ok, HW(40, 40), HW(8, 8))
+    assert rf.size == HW(9, 9) and rf.stride == HW(2, 2) and rf.offset == HW(14.5 - 8, 14.5 - 8)
+    uneven = [np.arange(10, 19), np.arange(12, 21), np.arange(14, 22)]  # one clipped inside the border
+    assert fit_central(idx, uneven, ok, HW(40, 40), HW(8, 8)) is None
+    bent = [np.arange(10, 19), np.arange(12, 21), np.arange(15, 24)]  # unequal spacing
+    assert fit_central(idx, ok, bent, HW(40, 40), HW(8, 8)) is None
+    edge = [np.arange(0, 19), np.arange(0, 21), np.arange(2, 23)]  # the middle line reaches the edge
+    with pytest.raises(_TooSmall):
+        fit_central(idx, edge, ok, HW(40, 40), HW(8, 8))
+
+
 def test_rf_reaching_the_border_from_valid_layers_is_still_measured():
     def fn(x):  # five 7x7 valid convs on 32: two cells, RFs [0, 31) and [1, 32), both whole
         for _ in range(5):

@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import resource
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -128,11 +129,81 @@ def markdown(rows: list[dict], m: dict, wall: float) -> str:
     return "\n".join(lines) + "\n"
 
 
+def run_sweep(models: list[str], processes: int, workdir: Path) -> dict:
+    """The same zoo through the library's own sweep command, timed from outside (a fresh
+    interpreter: imports, Keras building, conversion, compilation, RF), with
+    ``processes`` workers of one ``jax.distributed`` job (``rfjax sweep --processes``).
+    Work goes to the workers round-robin in the given order (heaviest first balances it)."""
+    import resource as res
+
+    from rfjax.arch_sweep import read_rows
+
+    spec = workdir / "zoo_spec.json"
+    out = workdir / f"zoo_sweep_p{processes}.jsonl"
+    for f in [out, *out.parent.glob(out.name + ".p*")]:
+        f.unlink(missing_ok=True)
+    spec.write_text(json.dumps({"architectures": [{"name": n, "grow": True} for n in models]}))
+    cmd = [sys.executable, "-m", "rfjax.cli", "sweep", str(spec), "--out", str(out), "--quiet"]
+    cmd += ["--processes", str(processes)]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    wall = time.perf_counter() - t0
+    rows = [r for r in read_rows(out) if r.get("status") == "ok"]
+    wrong = []
+    for r in rows:
+        want = PUBLISHED.get(r["arch"])
+        got = (r["size_h"], r["stride_h"], r["padding_h"])
+        if want is not None and not all(w is None or g == w for g, w in zip(got, want)):
+            wrong.append(f"{r['arch']} {got} != {want}")
+    return {
+        "processes": processes,
+        "wall_s": wall,
+        "returncode": proc.returncode,
+        "models": len(models),
+        "ok": len({r["arch"] for r in rows}),
+        "published_checked": sum(r["arch"] in PUBLISHED for r in rows),
+        "wrong": wrong,
+        "peak_rss_gib_per_worker": res.getrusage(res.RUSAGE_CHILDREN).ru_maxrss / 2**20,
+        "rows": rows,
+        "stderr_tail": proc.stderr[-2000:] if proc.returncode else "",
+    }
+
+
+def sweep_markdown(runs: list[dict]) -> str:
+    lines = [
+        "",
+        (
+            "The same zoo through `rfjax sweep SPEC --processes N` (a fresh interpreter timed from outside: "
+            "imports, Keras building, conversion, compilation and RF included; `grow: true` per entry):"
+        ),
+        "",
+        "| workers | wall s | architectures per minute | all exact | published values | peak RSS per worker GiB |",
+        "|---:|---:|---:|:-:|:-:|---:|",
+    ]
+    for r in runs:
+        exact = "yes" if r["ok"] == r["models"] and not r["wrong"] else f"**no** ({r['ok']}/{r['models']})"
+        pub = "all equal" if not r["wrong"] else "**" + "; ".join(r["wrong"]) + "**"
+        lines.append(
+            f"| {r['processes']} | {r['wall_s']:.0f} | {60 * r['ok'] / r['wall_s']:.1f} | {exact} | "
+            f"{pub} ({r['published_checked']} checked) | {r['peak_rss_gib_per_worker']:.1f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", nargs="+", default=list(ZOO), choices=list(ZOO))
     ap.add_argument("--readme", type=Path, help="update the bench:zoo block of this Markdown file")
     ap.add_argument("--out", type=Path, default=HERE / "results")
+    ap.add_argument(
+        "--sweep-processes",
+        type=int,
+        nargs="*",
+        default=[1, 2],
+        metavar="N",
+        help="also run the zoo through `rfjax sweep --processes N` for each N (default: 1 2; none: skip)",
+    )
     args = ap.parse_args(argv)
     m = machine()
     print(header_line(m), flush=True)
@@ -146,15 +217,27 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(row), flush=True)
     wall = time.perf_counter() - t0
     md = markdown(rows, m, wall)
+    # heaviest first, so round-robin shares between workers come out even
+    cost = {
+        r["model"]: sum(r.get(k, 0.0) for k in ("build_s", "convert_s", "prepare_s", "rf_s")) for r in rows
+    }
+    order = sorted(args.models, key=lambda n: -cost.get(n, 0.0))
+    runs = []
+    for n in args.sweep_processes:
+        runs.append(run_sweep(order, n, args.out))
+        print(json.dumps({k: v for k, v in runs[-1].items() if k != "rows"}), flush=True)
+    if runs:
+        md += sweep_markdown(runs)
     print(md)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "zoo.json").write_text(
-        json.dumps({"machine": m, "wall_s": wall, "rows": rows}, indent=1) + "\n"
+        json.dumps({"machine": m, "wall_s": wall, "rows": rows, "sweeps": runs}, indent=1) + "\n"
     )
     (args.out / "zoo.md").write_text(md)
     if args.readme is not None and not replace_in_readme(args.readme, "zoo", md):
         return 1
-    return 0 if all("error" not in r and r.get("published", True) for r in rows) else 1
+    sweeps_ok = all(r["returncode"] == 0 and r["ok"] == r["models"] and not r["wrong"] for r in runs)
+    return 0 if sweeps_ok and all("error" not in r and r.get("published", True) for r in rows) else 1
 
 
 if __name__ == "__main__":

@@ -108,8 +108,12 @@ def keras_application(name: str, input_shape: tuple[int, int, int]) -> Any:
         near = difflib.get_close_matches(name, names, n=3)
         hint = f"did you mean {', '.join(near)}?" if near else "see dir(keras.applications)."
         raise RFError(f"architecture {name!r} is not in keras.applications; {hint}")
-    model = getattr(keras.applications, name)(weights=None, include_top=False, input_shape=input_shape)
-    return converters.from_keras(model)
+    build = getattr(keras.applications, name)
+    try:  # spatially dynamic, so a growing fit can run it at any size
+        model = build(weights=None, include_top=False, input_shape=(None, None, input_shape[2]))
+    except ValueError:  # models that fix their graph from the input size (NASNet)
+        model = build(weights=None, include_top=False, input_shape=input_shape)
+    return converters.from_keras(model, input_shape=input_shape)
 
 
 def _build(arch: Arch, shape: tuple[int, int, int]) -> Any:
@@ -232,7 +236,7 @@ def sweep(
     out: str | os.PathLike,
     *,
     progress: bool = True,
-    max_input: int = 1024,
+    max_input: int = 4096,
     process_index: int | None = None,
     process_count: int | None = None,
 ) -> list[dict]:

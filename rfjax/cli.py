@@ -140,7 +140,9 @@ def _sweep(args: argparse.Namespace) -> int:
         from rfjax.distributed import initialize
 
         initialize(args.coordinator, args.num_processes, args.process_id)
-    rows = sweep(archs, args.out, progress=not args.quiet)
+    if args.max_input < 1:
+        raise RFError(f"--max-input {args.max_input} must be a positive number of pixels, e.g. 4096.")
+    rows = sweep(archs, args.out, progress=not args.quiet, max_input=args.max_input)
     if args.process_id:
         return 0  # process 0 reports for the whole job
     failed = [r for r in rows if r.get("status") == "error"]
@@ -158,6 +160,7 @@ def _launch_sweep(args: argparse.Namespace) -> int:
 
     def worker(k: int, coordinator: str) -> list[str]:
         argv = [sys.executable, "-m", "rfjax.cli", "sweep", args.spec, "--out", args.out]
+        argv += ["--max-input", str(args.max_input)]
         argv += ["--coordinator", coordinator, "--num-processes", str(args.processes), "--process-id", str(k)]
         return argv + (["--quiet"] if args.quiet or k > 0 else [])  # one progress bar: process 0's
 
@@ -291,6 +294,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", default="rf_sweep.jsonl", help="JSON-lines results file (default: rf_sweep.jsonl)"
     )
     sw.add_argument("--quiet", action="store_true", help="no progress bar")
+    sw.add_argument(
+        "--max-input",
+        type=int,
+        default=4096,
+        metavar="N",
+        help="largest input side a growing entry may reach (default: 4096)",
+    )
     sw.add_argument(
         "--processes",
         type=int,

@@ -51,7 +51,9 @@ def test_rows_are_written_and_a_failure_does_not_stop_the_sweep(tmp_path):
     ok = [r for r in rows if r["status"] == "ok"]
     assert len(ok) == 6  # k3: 2 layers x 2 sizes, k5: 2 layers
     by = {(r["arch"], r["layer"], tuple(r["input"])): r for r in ok}
-    assert by[("k3", "b", (21, 19, 1))]["size_h"] == 5 and by[("k5", "b", (24, 24, 1))]["size_w"] == 9  # 1 + 2(k - 1)
+    assert (
+        by[("k3", "b", (21, 19, 1))]["size_h"] == 5 and by[("k5", "b", (24, 24, 1))]["size_w"] == 9
+    )  # 1 + 2(k - 1)
     err = [r for r in rows if r["status"] == "error"]
     assert len(err) == 1 and err[0]["arch"] == "bad" and "cannot be built" in err[0]["error"]
     lines = out.read_text().splitlines()
@@ -127,3 +129,16 @@ def test_spec_file_typos_are_named(tmp_path):
 def test_unknown_architecture_is_recorded_with_near_names(tmp_path):
     rows = sweep([Arch("ResNet5O", ("x",))], tmp_path / "s.jsonl", progress=False)
     assert rows[0]["status"] == "error" and "did you mean ResNet50" in rows[0]["error"]
+
+
+def test_zoo_names_build_spatially_dynamic_so_a_growing_fit_can_run_them(tmp_path):
+    # MobileNet (alpha 1): closed-form final RF 315, stride 32 (Distill 2019 table); at
+    # 96x96 the RF reaches past the input, so the row exists only if the grown input ran
+    rows = sweep(
+        [Arch("MobileNet", ("conv_pw_13_relu",), ((96, 96, 3),), grow=True)],
+        tmp_path / "o.jsonl",
+        progress=False,
+    )
+    (row,) = [r for r in rows if r.get("layer") == "conv_pw_13_relu"]
+    assert row["status"] == "ok" and (row["size_h"], row["stride_h"]) == (315.0, 32.0)
+    assert row["input_shape_h"] > 315

@@ -32,7 +32,9 @@ def test_demo_prints_the_readme_rf_and_writes_figures(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "size=(34, 34) stride=(4, 4) offset=(17, 17) padding=(0, 0) grid=16x16" in out
-    assert (tmp_path / "rf_grid.png").stat().st_size > 0 and (tmp_path / "gradient_at_centre.png").stat().st_size > 0
+    assert (tmp_path / "rf_grid.png").stat().st_size > 0 and (
+        tmp_path / "gradient_at_centre.png"
+    ).stat().st_size > 0
 
 
 def test_estimate_a_keras_file(small_keras, tmp_path, capsys):
@@ -45,10 +47,17 @@ def test_estimate_a_keras_file(small_keras, tmp_path, capsys):
 
 def test_sweep_layers_writes_a_table(small_keras, tmp_path):
     table = tmp_path / "t.csv"
-    assert main(["sweep-layers", str(small_keras), "--table", str(table), "--plot", str(tmp_path / "t.png")]) == 0
+    assert (
+        main(["sweep-layers", str(small_keras), "--table", str(table), "--plot", str(tmp_path / "t.png")])
+        == 0
+    )
     with open(table) as f:
         rows = {r["layer"]: r for r in csv.DictReader(f)}
-    assert float(rows["c1"]["size_h"]) == 5 and float(rows["p1"]["size_h"]) == 6 and float(rows["r"]["size_w"]) == 10
+    assert (
+        float(rows["c1"]["size_h"]) == 5
+        and float(rows["p1"]["size_h"]) == 6
+        and float(rows["r"]["size_w"]) == 10
+    )
 
 
 def test_errors_are_one_sentence_with_exit_code_2(small_keras, tmp_path, capsys):
@@ -60,6 +69,10 @@ def test_errors_are_one_sentence_with_exit_code_2(small_keras, tmp_path, capsys)
     with pytest.raises(SystemExit) as e:
         main(["estimate", str(small_keras), "--input", "40x40"])
     assert e.value.code == 2 and "must look like 224x224x3" in capsys.readouterr().err
+    spec = tmp_path / "spec.json"
+    spec.write_text('{"architectures": ["VGG16"]}')
+    assert main(["sweep", str(spec), "--max-input", "0", "--out", str(tmp_path / "o.jsonl")]) == 2
+    assert "--max-input 0 must be a positive" in capsys.readouterr().err
     assert main([]) == 2
 
 

@@ -58,6 +58,30 @@ def test_conv_equals_xla_convolution_values_and_input_gradients(case, channels_f
     np.testing.assert_allclose(jax.vjp(ours, x)[1](ct)[0], jax.vjp(ref, x)[1](ct)[0], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("channels_first", [False, True])
+@pytest.mark.parametrize("case", CASES)
+def test_conv_input_gradient_of_one_cell_has_exactly_xlas_support(case, channels_first):
+    """Exact zeros stay zero: rfjax finds receptive fields by ``|g| > 0``, so a fast form
+    must not turn the zeros outside a cell's window into rounding noise."""
+    h, w, c, kh, kw, co, groups, strides, dilation, padding = case
+    rng = np.random.default_rng(4)
+    shape = (1, c, h, w) if channels_first else (1, h, w, c)
+    x = jnp.asarray(rng.normal(size=shape), jnp.float32)
+    k = jnp.asarray(rng.normal(size=(kh, kw, c // groups, co)), jnp.float32)
+    ours = lambda x: conv(x, k, strides, padding, dilation, groups, channels_first)
+    ref = lambda x: _reference(x, k, strides, dilation, padding, groups, channels_first)
+    y = ours(x)
+    spatial = (2, 3) if channels_first else (1, 2)
+    for cell in [(0, 0), tuple(n // 2 for n in np.take(y.shape, spatial))]:
+        ct = np.zeros(y.shape, np.float32)
+        index = [0, slice(None), slice(None), slice(None)]
+        index[spatial[0]], index[spatial[1]] = cell
+        ct[tuple(index)] = 1.0
+        got = np.asarray(jax.vjp(ours, x)[1](jnp.asarray(ct))[0])
+        want = np.asarray(jax.vjp(ref, x)[1](jnp.asarray(ct))[0])
+        np.testing.assert_array_equal(got != 0, want != 0)
+
+
 POOLS = [
     ((2, 2), (2, 2), "VALID"),
     ((3, 3), (2, 2), "SAME"),

@@ -23,6 +23,23 @@ The children's answers are cross-checked (gradient sums and the support of cell
 (0, 0); the fitted RF) and a mismatch is reported.
 
 Networks are entries of :data:`NETWORKS`; ways are entries of :data:`WAYS`.
+
+The ``receptivefield_pkg`` way is the ``receptivefield`` package (fornaxai/receptivefield
+0.5.0, the reference tool; :mod:`benchmarks.rfpkg_way`): its ``compute()``, which backprops
+3 single cells (not all cells), on ``tf_keras`` in a child with ``TF_USE_LEGACY_KERAS=1``.
+It is not a declared dependency: pip >= 24.1 refuses the 0.5.0 wheel's metadata
+(``pillow (>=6.2.*)``). Install it with an older pip, into this venv::
+
+    .venv/bin/pip --version        # must be < 24.1 (23.2.1 here)
+    .venv/bin/pip install receptivefield==0.5.0 "tf_keras~=2.21.0"   # tf_keras minor = TF's
+
+(neither replaces tensorflow, keras, numpy or jax), or into a separate venv, which the
+harness uses for this way when the main one lacks the packages::
+
+    python3.11 -m venv .venv-rf && .venv-rf/bin/pip install "pip<24.1"
+    .venv-rf/bin/pip install "tensorflow~=2.21.0" "tf_keras~=2.21.0" receptivefield==0.5.0
+
+Without either, the way's row says "not runnable: ..." and the other ways run as usual.
 """
 
 from __future__ import annotations
@@ -96,8 +113,9 @@ DEFAULT_NETWORKS = ("readme_net",)
 
 @dataclasses.dataclass(frozen=True)
 class Way:
-    """``kind`` is ``"tf"`` or ``"rfjax"``; ``setup(network_name)`` returns the zero-argument
-    call that is timed (its result is summarised for the cross-check)."""
+    """``kind`` is ``"tf"``, ``"rfjax"`` or ``"rfpkg"`` (the ``receptivefield`` package,
+    :mod:`benchmarks.rfpkg_way`, run under ``TF_USE_LEGACY_KERAS=1``); ``setup(network_name)``
+    returns the zero-argument call that is timed (its result is summarised for the cross-check)."""
 
     kind: str
     label: str
@@ -111,17 +129,26 @@ WAYS: dict[str, Way] = {
     "rfjax_gradient_maps": Way("rfjax", "rfjax.gradient_maps (all cells, strategy auto)"),
     "rfjax_gradient_maps_dense": Way("rfjax", "rfjax.gradient_maps (all cells, strategy dense)"),
     "rfjax_receptive_field": Way("rfjax", "rfjax.receptive_field (RF fit)"),
+    "receptivefield_pkg": Way("rfpkg", "receptivefield 0.5.0 package: compute() (3 single cells, tf_keras)"),
 }
 # the ways a converted keras.applications model has (the RF fit of those is the zoo sweep's job)
 _APP_WAYS = ("rfjax_gradient_maps", "rfjax_gradient_maps_dense")
 
 
 def ways_for(network: Network) -> list[str]:
-    return [w for w, spec in WAYS.items() if spec.kind == "tf" or network.keras_app is None or w in _APP_WAYS]
+    return [
+        w
+        for w, spec in WAYS.items()
+        if spec.kind in ("tf", "rfpkg") or network.keras_app is None or w in _APP_WAYS
+    ]
 
 
 def _setup(network_name: str, way: str) -> Callable[[], Any]:
     net = NETWORKS[network_name]
+    if WAYS[way].kind == "rfpkg":
+        from benchmarks import rfpkg_way
+
+        return rfpkg_way.setup(net.input_shape, net.keras_app)
     if WAYS[way].kind == "tf":
         from benchmarks import tf_ways
 
@@ -144,13 +171,14 @@ def _summary(result: Any) -> dict:
     import numpy as np
 
     if hasattr(result, "size") and hasattr(result, "stride") and hasattr(result, "offset"):
-        return {
-            "rf": {
-                "size": [float(v) for v in result.size],
-                "stride": [float(v) for v in result.stride],
-                "offset": [float(v) for v in result.offset],
-            }
+        rf = {
+            "size": [float(v) for v in result.size],
+            "stride": [float(v) for v in result.stride],
+            "offset": [float(v) for v in result.offset],
         }
+        if getattr(result, "note", ""):
+            rf["note"] = result.note
+        return {"rf": rf}
     g = np.asarray(result)
     nz = np.abs(g[0, 0]) > 0
     rows, cols = np.flatnonzero(nz.any(1)), np.flatnonzero(nz.any(0))
@@ -254,8 +282,18 @@ def run_way(network_name: str, way: str, repeats: int, timeout: float) -> dict:
     env = dict(os.environ)
     env["TF_CPP_MIN_LOG_LEVEL"] = "2"
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    python = sys.executable
+    if WAYS[way].kind == "rfpkg":
+        from benchmarks import rfpkg_way  # imports no TensorFlow
+
+        python, why = rfpkg_way.interpreter()
+        if python is None:
+            return {"skipped": True, "error": why}  # "error" too, for readers of the JSON that know only that
+        env.update(rfpkg_way.LEGACY_ENV)
+    else:
+        env.pop("TF_USE_LEGACY_KERAS", None)
     cmd = [
-        sys.executable,
+        python,
         str(Path(__file__).resolve()),
         "--child",
         network_name,
@@ -289,6 +327,13 @@ def cross_check(results: dict[str, dict]) -> list[str]:
                 problems.append(
                     f"{w}: support of cell (0, 0) {m['support00']} != {ref_way}'s {ref['support00']}"
                 )
+    rfs = {w: r["check"]["rf"] for w, r in results.items() if "rf" in r.get("check", {})}
+    if len(rfs) > 1:
+        ref_way, ref = next(iter(rfs.items()))
+        for w, rf in rfs.items():
+            for key in ("size", "stride", "offset"):
+                if any(abs(a - b) > 1e-3 for a, b in zip(rf[key], ref[key])):
+                    problems.append(f"{w}: RF {key} {rf[key]} != {ref_way}'s {ref[key]}")
     for w, r in results.items():
         rf = r.get("check", {}).get("rf")
         if rf and maps:
@@ -323,6 +368,9 @@ def markdown(network_name: str, results: dict[str, dict], m: dict, repeats: int,
         "|---|---:|---:|---:|---:|",
     ]
     for way, r in results.items():
+        if r.get("skipped"):
+            lines.append(f"| {WAYS[way].label} | {r['error']} | | | |")
+            continue
         if "error" in r:
             lines.append(f"| {WAYS[way].label} | error: {r['error']} | | | |")
             continue
@@ -339,6 +387,27 @@ def markdown(network_name: str, results: dict[str, dict], m: dict, repeats: int,
             "ratio = steady median / the fastest TF way's (below 1 is faster)."
         ),
     ]
+    rf_rows = {w: r["check"]["rf"] for w, r in results.items() if "rf" in r.get("check", {})}
+    if "check" in results.get("receptivefield_pkg", {}):
+        lines += [
+            "",
+            (
+                "The receptivefield package (0.5.0, on tf_keras with TF_USE_LEGACY_KERAS=1) backprops 3 single "
+                "cells per compute(), not all cells, with linear activations and average pooling; its offset is "
+                "already in rfjax's convention (RF centre of cell (0, 0) in pixel-edge coordinates), "
+                "so no +0.5 is added."
+            ),
+        ]
+    if rf_rows:
+        lines += [
+            "",
+            "RF answers (row, col): "
+            + "; ".join(
+                f"{WAYS[w].label}: size {rf['size']}, stride {rf['stride']}, offset {rf['offset']}"
+                + (f" ({rf['note']})" if rf.get("note") else "")
+                for w, rf in rf_rows.items()
+            ),
+        ]
     if problems:
         lines += ["", "**The ways disagree:** " + "; ".join(problems)]
     return "\n".join(lines) + "\n"
@@ -373,9 +442,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--child", nargs=2, metavar=("NETWORK", "WAY"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
+    if str(ROOT) not in sys.path:  # run as a script: ``benchmarks`` is importable from the repo root
+        sys.path.insert(0, str(ROOT))
     if args.child:
-        if str(ROOT) not in sys.path:
-            sys.path.insert(0, str(ROOT))
         child(args.child[0], args.child[1], args.repeats)
         return 0
 
@@ -390,7 +459,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[{name}] {way} ...", end=" ", flush=True)
             r = run_way(name, way, args.repeats, args.timeout)
             results[way] = r
-            if "error" in r:
+            if r.get("skipped"):
+                print(r["error"])
+            elif "error" in r:
                 status = 1
                 print(r["error"])
             else:

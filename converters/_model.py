@@ -7,6 +7,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from converters import _collapse
 from converters._geometry import rf_bounds
@@ -42,8 +43,20 @@ def _build(
                 f"layer {key!r} ({layer.class_name}) could not be converted ({type(e).__name__}: {e})."
             ) from None
         if p:
-            params[key] = {k: jnp.asarray(v) for k, v in p.items()}
-    return fns, params
+            params[key] = {k: _host_array(v) for k, v in p.items()}
+    # one transfer for the whole tree: jnp.asarray per weight compiled a conversion
+    # program per weight shape (0.9 s of InceptionV3's 1.1 s conversion)
+    return fns, jax.device_put(params)
+
+
+def _host_array(v: Any) -> Any:
+    """A weight as a host array in JAX's default precision (float64 -> float32)."""
+    if isinstance(v, jax.Array):
+        return v
+    a = np.asarray(v)
+    if a.dtype == np.float64:
+        return a.astype(np.float32)
+    return a
 
 
 class KerasModel:

@@ -96,9 +96,16 @@ def load_spec(path: str | os.PathLike) -> list[Arch]:
     return archs
 
 
-def keras_application(name: str, input_shape: tuple[int, int, int]) -> Any:
+# keras.applications builders that choose their graph from the input size (NASNet's cell
+# adjustments compare shapes at build time): built at the size asked for. Others that do
+# so too are caught when the dynamic build fails to run, and rebuilt the same way.
+_STATIC_ZOO = ("NASNetMobile", "NASNetLarge")
+
+
+def keras_application(name: str, input_shape: tuple[int, int, int], dynamic: bool = True) -> Any:
     """Build ``keras.applications.<name>(weights=None, include_top=False)`` offline and
-    convert it (every layer requestable)."""
+    convert it (every layer requestable). ``dynamic``: with unknown spatial sizes, so a
+    growing fit can run it larger than ``input_shape`` (else built at ``input_shape``)."""
     import keras
 
     import converters
@@ -109,21 +116,29 @@ def keras_application(name: str, input_shape: tuple[int, int, int]) -> Any:
         hint = f"did you mean {', '.join(near)}?" if near else "see dir(keras.applications)."
         raise RFError(f"architecture {name!r} is not in keras.applications; {hint}")
     build = getattr(keras.applications, name)
-    try:  # spatially dynamic, so a growing fit can run it at any size
-        model = build(weights=None, include_top=False, input_shape=(None, None, input_shape[2]))
-    except ValueError:  # models that fix their graph from the input size (NASNet)
+    model = None
+    if dynamic and name not in _STATIC_ZOO:
+        try:
+            model = build(weights=None, include_top=False, input_shape=(None, None, input_shape[2]))
+        except ValueError:  # a model that needs known sizes
+            model = None
+    if model is None:
         model = build(weights=None, include_top=False, input_shape=input_shape)
     return converters.from_keras(model, input_shape=input_shape)
 
 
-def _build(arch: Arch, shape: tuple[int, int, int]) -> Any:
+def _zoo_name(arch: Arch) -> bool:
+    return arch.build is None and not arch.name.endswith((".keras", ".h5"))
+
+
+def _build(arch: Arch, shape: tuple[int, int, int], dynamic: bool = True) -> Any:
     if arch.build is not None:
         return arch.build(shape)
     if arch.name.endswith((".keras", ".h5")):
         import converters
 
         return converters.from_keras(arch.name, input_shape=shape)
-    return keras_application(arch.name, shape)
+    return keras_application(arch.name, shape, dynamic)
 
 
 def _key(arch: str, layer: str | None, shape: Sequence[int]) -> str:
@@ -279,16 +294,17 @@ def sweep(
             if arch_key in done:
                 continue  # recorded as failed before; delete its line to retry
             t0 = time.perf_counter()
-            try:
-                model = _build(arch, shape)
+
+            def measure(dynamic: bool, arch=arch, shape=shape, t0=t0, wanted=wanted) -> None:
+                model = _build(arch, shape, dynamic)
                 layers = (
                     list(wanted) if wanted is not None else list(getattr(model, "output_names", [])) or None
                 )
                 todo = [lay for lay in layers if _key(arch.name, lay, shape) not in done] if layers else None
                 if layers and not todo:
-                    continue  # its outputs, known only once built, were all measured before
+                    return  # its outputs, known only once built, were all measured before
 
-                def record(row, arch=arch, shape=shape, t0=t0):
+                def record(row):
                     rec = {"key": _key(arch.name, row.layer, shape), "arch": arch.name, "input": list(shape)}
                     if rec["key"] in done:
                         return  # a function's layers are known only as it runs: some were measured before
@@ -299,6 +315,16 @@ def sweep(
                     done.add(rec["key"])
 
                 sweep_layers(model, shape, layers=todo, grow=arch.grow, max_input=max_input, on_row=record)
+
+            try:
+                try:
+                    measure(dynamic=True)
+                except Exception as e:
+                    if not _zoo_name(arch) or "writing out=" in str(e):
+                        raise
+                    # a model that fixes its graph from the input size (NASNet builds with
+                    # unknown sizes, then fails at real ones): build it at this size
+                    measure(dynamic=False)
             except (KeyboardInterrupt, SystemExit):
                 raise
             except RFError as e:

@@ -142,3 +142,21 @@ def test_zoo_names_build_spatially_dynamic_so_a_growing_fit_can_run_them(tmp_pat
     (row,) = [r for r in rows if r.get("layer") == "conv_pw_13_relu"]
     assert row["status"] == "ok" and (row["size_h"], row["stride_h"]) == (315.0, 32.0)
     assert row["input_shape_h"] > 315
+
+
+def test_a_zoo_model_that_fails_when_built_dynamic_is_rebuilt_at_the_input_size(tmp_path, monkeypatch):
+    import rfjax.arch_sweep as arch_sweep
+
+    built = []
+
+    def fake_application(name, shape, dynamic=True):
+        built.append(dynamic)
+        if dynamic:  # as NASNet: builds with unknown sizes, then fails on a real input
+            return lambda x: {"a": x[:, :3] + x[:, :5]}
+        return stack(3)(shape)
+
+    monkeypatch.setattr(arch_sweep, "keras_application", fake_application)
+    rows = sweep([Arch("SomeNet", ("a",), ((20, 20, 1),))], tmp_path / "o.jsonl", progress=False)
+    assert built == [True, False]
+    (row,) = rows
+    assert row["status"] == "ok" and row["size_h"] == 3.0

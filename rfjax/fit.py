@@ -452,7 +452,9 @@ def _fit_all(fn: Callable, params: Any, x: Any, method: str, outputs, channels, 
         return {k: fit_maps(m, strict) for k, m in maps.items()}
     xb = engine._as_batch(x)
     fn = engine.restrict(fn, outputs, params is not None)
-    _, names, shapes = engine.output_shapes(fn, xb, params)
+    # a growing fit's central-lines pass runs once: compile it fast where that pays
+    fast = strict and xb.shape[1] * xb.shape[2] <= engine.FAST_COMPILE_MAX_PIXELS
+    _, names, shapes = engine.output_shapes(fn, xb, params, fast=fast)
     selected = engine._select_outputs(names, outputs)
     chans = [
         engine._channel_vector(channels if k in selected else None, s[3], _label(names[k]))
@@ -461,7 +463,7 @@ def _fit_all(fn: Callable, params: Any, x: Any, method: str, outputs, channels, 
     hw = HW(int(xb.shape[1]), int(xb.shape[2]))
     grids = {k: (shapes[k][1], shapes[k][2]) for k in selected}
 
-    def runner(chunk: int | None) -> Callable:
+    def runner(chunk: int | None, fast: bool = False) -> Callable:
         return functools.partial(
             engine._run_slots,
             fn,
@@ -470,11 +472,12 @@ def _fit_all(fn: Callable, params: Any, x: Any, method: str, outputs, channels, 
             input_channels="abs_sum",
             chunk=chunk,
             n_devices=engine._device_count(None),
+            fast=fast,
         )
 
     out = {}
     if strict:  # growing: three central lines per axis, one small pass, no chunking probes
-        out = _fit_central_all(runner(None), shapes, chans, names, grids, hw)
+        out = _fit_central_all(runner(None, fast=fast), shapes, chans, names, grids, hw)
         grids = {k: g for k, g in grids.items() if names[k] not in out}
         if not grids:
             return out[None] if names == [None] else out

@@ -101,8 +101,13 @@ def fit_central(
     w = _central_axis(index, cols, int(input_shape.w), "w")
     if h is None or w is None:
         return None
+    return _result(h, w, input_shape, output_shape, cells_used=2 * len(index), method="central", name=name)
+
+
+def _result(h: tuple, w: tuple, input_shape: HW, output_shape: HW, **fields: Any) -> ReceptiveField:
+    """A :class:`ReceptiveField` from per-axis ``(size, stride, offset)``, with the
+    effective padding ``P = size / 2 - offset``."""
     (sh, st_h, off_h), (sw, st_w, off_w) = h, w
-    n = 2 * len(index)
     return ReceptiveField(
         size=HW(sh, sw),
         stride=HW(st_h, st_w),
@@ -110,11 +115,7 @@ def fit_central(
         padding=HW(_clean(sh / 2 - off_h), _clean(sw / 2 - off_w)),
         input_shape=input_shape,
         output_shape=output_shape,
-        cells_used=n,
-        cells_clipped=0,
-        residual=HW(0.0, 0.0),
-        method="central",
-        name=name,
+        **fields,
     )
 
 
@@ -149,13 +150,11 @@ def fit(
     else:
         used = int(free_h.sum() + free_w.sum())
         total = len(free_h) + len(free_w)
-    return ReceptiveField(
-        size=HW(sh, sw),
-        stride=HW(st_h, st_w),
-        offset=HW(off_h, off_w),
-        padding=HW(_clean(sh / 2 - off_h), _clean(sw / 2 - off_w)),
-        input_shape=input_shape,
-        output_shape=output_shape,
+    return _result(
+        (sh, st_h, off_h),
+        (sw, st_w, off_w),
+        input_shape,
+        output_shape,
         cells_used=used,
         cells_clipped=total - used,
         residual=HW(res_h, res_w),

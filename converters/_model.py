@@ -93,6 +93,13 @@ class KerasModel:
             if _built is None:
                 _built = graph.cache[("built", rf, self._one)] = _build(graph, rf, self._one)
         self._fns, self.params = _built
+        # where the one-channel RF copy applies its supports-only backward rule: after
+        # layers that spread a gradient spatially (the rest are identities or means there)
+        self._support_layers = (
+            frozenset(k for k, lay in graph.layers.items() if _spreads(lay.class_name))
+            if self._one and self._rf
+            else frozenset()
+        )
         self.layer_names: tuple[str, ...] = tuple(n.name for n in graph.nodes) + tuple(graph.aliases)
         names = (
             graph.outputs if outputs is None else ([outputs] if isinstance(outputs, str) else list(outputs))
@@ -140,7 +147,7 @@ class KerasModel:
             out = self._fns[node.layer](params.get(node.layer, {}), *args, **kwargs)
             if node.name in self._hold:
                 out = jax.tree.map(jax.lax.stop_gradient, out)
-            elif self._one and self._rf and supports:
+            elif supports and node.layer in self._support_layers:
                 out = jax.tree.map(_support_only, out)
             env[node.name] = [out] if node.n_outputs == 1 else list(out)
         return env
@@ -311,6 +318,12 @@ class KerasModel:
             return type(y)(self._to_nhwc(v) for v in y)
         y = jnp.asarray(y, jnp.float32)
         return jnp.transpose(y, (0, 2, 3, 1)) if self.channels_first and y.ndim == 4 else y
+
+
+def _spreads(class_name: str) -> bool:
+    """Convolutions, pooling, resizing: layers whose gradient reaches neighbouring pixels."""
+    name = class_name.split(".")[-1]
+    return not name.startswith("Global") and any(t in name for t in ("Conv", "Pool", "Sampling", "Resiz"))
 
 
 @jax.custom_vjp

@@ -19,7 +19,7 @@ import jax
 import numpy as np
 
 from rfjax._types import HW
-from rfjax.errors import RFError, RFGlobal, RFTooLarge
+from rfjax.errors import RFCallError, RFError, RFGlobal, RFTooLarge
 from rfjax.fit import receptive_field
 from rfjax.prepare import constant_input
 
@@ -71,10 +71,21 @@ class LayerRF:
 
 
 def _spatial_layers(model: Any, names: Sequence[str], shape: tuple[int, int, int]) -> list[str]:
-    x = constant_input(shape)
-    probe = model.with_outputs(list(names))
-    shapes = jax.eval_shape(probe, x)
-    return [n for n in names if len(getattr(shapes[n], "shape", ())) == 4 and min(shapes[n].shape[1:3]) >= 1]
+    """The ``names`` whose outputs are non-empty NHWC feature maps at ``shape``."""
+    if hasattr(model, "spatial_shapes"):  # a converted model: its cheap one-channel trace
+        try:
+            shapes = model.spatial_shapes(shape)
+        except Exception as e:  # noqa: BLE001 - any failure of the model at this size
+            msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+            raise RFCallError(
+                f"the model cannot run on a {shape[0]}x{shape[1]} input ({type(e).__name__}: {msg}); "
+                "check input_shape against the model."
+            ) from None
+        dims = {n: shapes[n] for n in names}
+    else:
+        out = jax.eval_shape(model.with_outputs(list(names)), constant_input(shape))
+        dims = {n: tuple(getattr(out[n], "shape", ())) for n in names}
+    return [n for n in names if isinstance(dims[n], tuple) and len(dims[n]) == 4 and min(dims[n][1:3]) >= 1]
 
 
 def sweep_layers(

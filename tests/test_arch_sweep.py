@@ -145,7 +145,7 @@ def test_zoo_names_build_spatially_dynamic_so_a_growing_fit_can_run_them(tmp_pat
 
 
 def test_a_zoo_model_that_fails_when_built_dynamic_is_rebuilt_at_the_input_size(tmp_path, monkeypatch):
-    import rfjax.arch_sweep as arch_sweep
+    from rfjax import arch_sweep
 
     built = []
 

@@ -35,7 +35,9 @@ def chain_dict(x):
             x = jax.nn.relu(lax.conv_general_dilated(x, w, layer.stride, pads, dimension_numbers=DN))
         else:
             window = (1,) + tuple(layer.kernel) + (1,)
-            x = lax.reduce_window(x, -jnp.inf, lax.max, window, (1,) + tuple(layer.stride) + (1,), ((0, 0),) + pads + ((0, 0),))
+            x = lax.reduce_window(
+                x, -jnp.inf, lax.max, window, (1,) + tuple(layer.stride) + (1,), ((0, 0),) + pads + ((0, 0),)
+            )
         hw = x.shape[1:3]
         out[layer.name] = x
     return out
@@ -52,7 +54,11 @@ def test_every_layer_matches_the_closed_form(rows):
     for row, rf in zip(rows, want):
         assert row.status == "ok"
         assert (row.size, row.stride, row.offset, row.padding, row.output_shape) == (
-            rf.size, rf.stride, rf.offset, rf.padding, rf.output_shape,
+            rf.size,
+            rf.stride,
+            rf.offset,
+            rf.padding,
+            rf.output_shape,
         ), row.layer
 
 
@@ -95,7 +101,12 @@ def test_non_dict_function_is_refused():
 def test_a_layer_that_cannot_be_measured_is_recorded_and_the_sweep_goes_on(tmp_path):
     def padded(x):
         pad = jnp.pad(x, ((0, 0), (0, 2), (0, 2), (0, 0)))  # the last two rows/columns see no input
-        return {"pad": pad, "conv": lax.conv_general_dilated(pad, jnp.ones((3, 3, 1, 1)), (1, 1), "VALID", dimension_numbers=DN)}
+        return {
+            "pad": pad,
+            "conv": lax.conv_general_dilated(
+                pad, jnp.ones((3, 3, 1, 1)), (1, 1), "VALID", dimension_numbers=DN
+            ),
+        }
 
     rows = sweep_layers(padded, (12, 12, 1))
     assert [(r.layer, r.status) for r in rows] == [("pad", "error"), ("conv", "ok")]
@@ -105,3 +116,28 @@ def test_a_layer_that_cannot_be_measured_is_recorded_and_the_sweep_goes_on(tmp_p
     with open(tmp_path / "rows.csv") as f:
         got = list(csv.DictReader(f))
     assert [r["status"] for r in got] == ["error", "ok"] and got[0]["error"].startswith("the input gradient")
+
+
+def test_converted_spatial_shapes_are_keras_own_and_a_size_the_model_cannot_run_is_one_error():
+    import keras
+
+    import converters
+    from rfjax.errors import RFCallError
+
+    inp = keras.Input((None, None, 3))
+    a = keras.layers.Conv2D(4, 3, strides=2, padding="same", name="a")(inp)
+    b = keras.layers.Conv2D(4, 5, name="b")(a)
+    g = keras.layers.GlobalAveragePooling2D(name="g")(b)
+    model = converters.from_keras(keras.Model(inp, [b, g]), input_shape=(19, 23, 3))
+    shapes = model.spatial_shapes((19, 23, 3))
+    want = keras.Model(inp, [a, b]).compute_output_shape((1, 19, 23, 3))  # Keras' own shapes
+    for name, w in zip(("a", "b"), want):  # one channel in the RF copy's trace
+        assert shapes[name] == (1, w[1], w[2], 1)
+    assert len(shapes["g"]) == 2
+    rows = sweep_layers(model, (19, 23, 3))
+    assert [r.layer for r in rows] == ["a", "b"]  # the pooled layer is not spatial
+    fixed = keras.Input((8, 8, 3))
+    head = keras.layers.Dense(2)(keras.layers.Flatten()(keras.layers.Conv2D(2, 3, name="c")(fixed)))
+    dense = converters.from_keras(keras.Model(fixed, head))
+    with pytest.raises(RFCallError, match=r"^the model cannot run on a 10x10 input \(.*check input_shape"):
+        sweep_layers(dense, (10, 10, 3))  # the dense head was built for 8x8

@@ -96,7 +96,7 @@ class KerasModel:
         # where the one-channel RF copy applies its supports-only backward rule: after
         # layers that spread a gradient spatially (the rest are identities or means there)
         self._support_layers = (
-            frozenset(k for k, lay in graph.layers.items() if _spreads(lay.class_name))
+            frozenset(k for k, lay in graph.layers.items() if _spreads(lay.class_name, lay.config))
             if self._one and self._rf
             else frozenset()
         )
@@ -341,10 +341,14 @@ class KerasModel:
         return jnp.transpose(y, (0, 2, 3, 1)) if self.channels_first and y.ndim == 4 else y
 
 
-def _spreads(class_name: str) -> bool:
-    """Convolutions, pooling, resizing: layers whose gradient reaches neighbouring pixels."""
+def _spreads(class_name: str, config: dict) -> bool:
+    """Convolutions, pooling, resizing: layers whose gradient reaches neighbouring pixels
+    (1x1 kernels and windows do not: their RF-mode constant is 1, supports map 1:1)."""
     name = class_name.split(".")[-1]
-    return not name.startswith("Global") and any(t in name for t in ("Conv", "Pool", "Sampling", "Resiz"))
+    if name.startswith("Global") or not any(t in name for t in ("Conv", "Pool", "Sampling", "Resiz")):
+        return False
+    window = config.get("kernel_size", config.get("pool_size"))
+    return window is None or np.prod(np.atleast_1d(window)) > 1
 
 
 @jax.custom_vjp

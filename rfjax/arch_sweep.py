@@ -24,6 +24,7 @@ import os
 import re
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -284,19 +285,36 @@ def sweep(
     log = _Log(path if count == 1 else shard_path(path, index))
     units = [(arch, shape) for arch in archs for shape in arch.input_sizes][index::count]
     bar = tqdm(units, unit="model", disable=not progress)
+
+    def finished(arch: Arch, shape) -> bool:
+        if arch.layers is not None and all(_key(arch.name, lay, shape) in done for lay in arch.layers):
+            return True
+        return _key(arch.name, None, shape) in done  # recorded as failed before; delete its line to retry
+
+    # The next model is built (Keras, conversion) on a thread while this one is measured:
+    # XLA compiles and runs without Python's lock, so most of the building is hidden.
+    builder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rfjax-build")
+    ahead: dict[int, Future] = {}
+
+    def build_ahead(i: int) -> None:
+        if i < len(units) and i not in ahead and not finished(*units[i]):
+            ahead[i] = builder.submit(_build, units[i][0], units[i][1], True)
+
     try:
-        for arch, shape in bar:
+        for i, (arch, shape) in enumerate(bar):
             bar.set_postfix_str(f"{arch.name} {'x'.join(map(str, shape))}")
             arch_key = _key(arch.name, None, shape)
             wanted = arch.layers
-            if wanted is not None and all(_key(arch.name, lay, shape) in done for lay in wanted):
+            if finished(arch, shape):
+                ahead.pop(i, None)
                 continue
-            if arch_key in done:
-                continue  # recorded as failed before; delete its line to retry
+            build_ahead(i)
+            build_ahead(i + 1)
             t0 = time.perf_counter()
 
-            def measure(dynamic: bool, arch=arch, shape=shape, t0=t0, wanted=wanted) -> None:
-                model = _build(arch, shape, dynamic)
+            def measure(dynamic: bool, arch=arch, shape=shape, t0=t0, wanted=wanted, i=i) -> None:
+                prebuilt = ahead.pop(i, None) if dynamic else None
+                model = prebuilt.result() if prebuilt is not None else _build(arch, shape, dynamic)
                 layers = (
                     list(wanted) if wanted is not None else list(getattr(model, "output_names", [])) or None
                 )
@@ -336,6 +354,7 @@ def sweep(
             except Exception as e:  # noqa: BLE001 - a failing architecture must not stop the sweep
                 _fail(log, done, arch_key, arch, shape, index, e)
     finally:
+        builder.shutdown(wait=False, cancel_futures=True)
         bar.close()
         log.close()
     if joint:

@@ -257,50 +257,46 @@ class KerasModel:
 
     def spatial_shapes(self, input_shape: Sequence[int]) -> dict[str, tuple[int, ...]]:
         """The output shape of every layer for an ``(H, W, C)`` input, traced (no compute)
-        through the one-channel RF copy: the same spatial sizes and ranks, one channel
-        (cached per input size; a sweep and the global-node search share the trace).
+        through the one-channel RF copy: the same spatial sizes and ranks, one channel,
+        NHWC. A sweep and the global-node search share the trace (cached per size).
         Raises what the model raises when it cannot run at that size."""
-        h, w = int(input_shape[0]), int(input_shape[1])
-        key = ("spatial_shapes", h, w)
+        shapes = self._node_shapes(int(input_shape[0]), int(input_shape[1]))
+        return {name: self._nhwc_shape(_value(shapes, self._ref(name))) for name in self.layer_names}
+
+    def _node_shapes(self, h: int, w: int, one_channel: bool = True) -> dict:
+        """``{node: [output shapes]}`` for an ``h x w`` input (cached per size), traced
+        through the one-channel RF copy or, with ``one_channel=False``, this model."""
+        key = ("node_shapes", h, w, one_channel)
         if key not in self._graph.cache:
-            model = self.prepared(one_channel=True)
+            model = self.prepared(one_channel=True) if one_channel else self
+            c = 1 if model._one else self.input_shape[2]
             plan = tuple(n for n in self._graph.nodes if n.name != self._graph.input)
-            x = jax.ShapeDtypeStruct((1, 1, h, w) if self.channels_first else (1, h, w, 1), jnp.float32)
+            x = jax.ShapeDtypeStruct((1, c, h, w) if self.channels_first else (1, h, w, c), jnp.float32)
             env = jax.eval_shape(lambda x: model._run(model.params, x, plan, supports=False), x)
-            shapes = {k: jax.tree.map(lambda a: tuple(a.shape), v) for k, v in env.items()}
-            by_layer = {name: self._nhwc_shape(_value(shapes, self._ref(name))) for name in self.layer_names}
-            self._graph.cache[key] = (shapes, by_layer)
-        return self._graph.cache[key][1]
+            self._graph.cache[key] = {k: jax.tree.map(lambda a: tuple(a.shape), v) for k, v in env.items()}
+        return self._graph.cache[key]
 
     def _nhwc_shape(self, shape: Any) -> Any:
         if self.channels_first and isinstance(shape, tuple) and len(shape) == 4:
             return (shape[0], shape[2], shape[3], shape[1])
         return shape
 
-    def _node_shapes(self, h: int, w: int) -> dict:
-        self.spatial_shapes((h, w, 1))
-        return self._graph.cache[("spatial_shapes", h, w)][0]
-
     def _find_global_nodes(self) -> frozenset[str]:
         h, w, c = self.input_shape
         if h is None or w is None or c is None:
             return frozenset()
         plan = tuple(n for n in self._graph.nodes if n.name != self._graph.input)
-        try:  # the one-channel copy's trace: the same spatial shapes, several times cheaper
-            small, large = self._node_shapes(h, w), self._node_shapes(2 * h, 2 * w)
-        except Exception:  # noqa: BLE001 - a fixed-size model (flatten + dense) has no second size
-
-            def shapes(scale: int) -> dict:
-                x = jax.ShapeDtypeStruct((1, h * scale, w * scale, c), jnp.float32)
-                if self.channels_first:
-                    x = jax.ShapeDtypeStruct((1, c, h * scale, w * scale), jnp.float32)
-                env = jax.eval_shape(lambda x: self._run(self.params, x, plan, supports=False), x)
-                return {k: jax.tree.map(lambda a: tuple(a.shape), v) for k, v in env.items()}
-
+        small = large = None
+        # the one-channel copy's trace has the same spatial shapes and is several times
+        # cheaper; the model itself where the copy cannot run
+        for one in (True, False):
             try:
-                small, large = shapes(1), shapes(2)
-            except Exception:  # noqa: BLE001
-                return frozenset()
+                small, large = self._node_shapes(h, w, one), self._node_shapes(2 * h, 2 * w, one)
+                break
+            except Exception:  # noqa: BLE001, S112 - a fixed-size model (flatten + dense) has no second size
+                continue
+        if small is None:
+            return frozenset()
         found = set()
         for node in plan:
             inputs: list = []

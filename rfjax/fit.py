@@ -339,6 +339,7 @@ def receptive_field(
     if _is_keras(fn):
         fn = _from_keras(fn, input_shape)
     converted = fn if _is_converted(fn) else None
+    held: frozenset = frozenset()  # outputs measured with their global branches held
     if converted is not None:
         if input_shape is None and x is None and None not in tuple(converted.input_shape):
             input_shape = converted.input_shape
@@ -359,8 +360,6 @@ def receptive_field(
     if grow and x is None and converted is not None:
         shape = _first_size(converted, view.output_names, shape, max_input)
     method = ("lines" if prepare else "cells") if method == "auto" else method
-    if converted is None:
-        held: frozenset = frozenset()  # outputs measured with their global branches held
     while True:
         xin = constant_input(shape) if (x is None or tuple(np.shape(x))[-3:] != tuple(shape)) else x
         can_grow = grow and x is None and max(shape[0], shape[1]) < max_input
@@ -483,19 +482,7 @@ def _fit_all(fn: Callable, params: Any, x: Any, method: str, outputs, channels, 
     run = runner(engine.default_chunk(fn, params, xb, shapes, "abs_sum"))
     probes = {k: _probe_cells(g) for k, g in grids.items()}
     seen: dict = {}
-
-    def run_lines(per_output: dict) -> dict:
-        # the probe cells ride along with the first call (one forward pass fewer)
-        extra = {} if seen else {k: engine._one_hot(c, grids[k]) for k, c in probes.items()}
-        both = {k: np.concatenate([per_output[k], extra[k]]) if k in per_output else extra[k] for k in extra}
-        both.update({k: m for k, m in per_output.items() if k not in extra})
-        out = engine._run_many(run, shapes, chans, both)
-        for k, g in out.items():
-            _check_maps(g, np.abs(g) > 0, names[k])
-        if extra:
-            seen.update({k: out[k][len(out[k]) - len(extra[k]) :] for k in extra})
-        return {k: out[k][: len(per_output[k])] for k in per_output}
-
+    run_lines = _with_probes(run, shapes, chans, names, grids, probes, seen)
     lines = line_supports(run_lines, grids, tuple(hw))
     for k, g in grids.items():
         if _is_product(np.abs(seen[k]) > 0, probes[k], *lines[k]):
@@ -522,18 +509,7 @@ def _fit_central_all(run: Callable, shapes: list, chans: list, names: list, grid
     centre = {k: central_index(g) for k, g in grids.items() if min(g) >= 3}
     probes = {k: np.array([(k0 - 1, k0 + 1)]) for k, k0 in centre.items()}
     seen: dict = {}
-
-    def run_lines(per_output: dict) -> dict:
-        both = {
-            k: np.concatenate([m, engine._one_hot(probes[k], grids[k])]) if k in probes else m
-            for k, m in per_output.items()
-        }
-        got = engine._run_many(run, shapes, chans, both)
-        for k, g in got.items():
-            _check_maps(g, np.abs(g) > 0, names[k])
-        seen.update({k: got[k][len(per_output[k]) :] for k in per_output if k in probes})
-        return {k: got[k][: len(per_output[k])] for k in per_output}
-
+    run_lines = _with_probes(run, shapes, chans, names, grids, probes, seen)
     out = {}
     for k, (index, rows, cols) in central_lines(run_lines, grids).items():
         rf = fit_central(index, rows, cols, hw, HW(*grids[k]), name=names[k])
@@ -544,6 +520,26 @@ def _fit_central_all(run: Callable, shapes: list, chans: list, names: list, grid
         if rf is not None and _is_product(np.abs(seen[k]) > 0, probes[k], full_rows, full_cols):
             out[names[k]] = rf
     return out
+
+
+def _with_probes(
+    run: Callable, shapes: list, chans: list, names: list, grids: dict, probes: dict, seen: dict
+) -> Callable:
+    """``run_many`` for :mod:`rfjax.lines` (``{k: masks} -> {k: gradients}``, checked for
+    NaN and zero maps) on which the ``probes[k]`` cells ride along with the first call
+    (one forward pass fewer); their maps land in ``seen[k]``."""
+
+    def run_lines(per_output: dict) -> dict:
+        extra = {} if seen else {k: engine._one_hot(c, grids[k]) for k, c in probes.items()}
+        both = {k: np.concatenate([per_output[k], extra[k]]) if k in per_output else extra[k] for k in extra}
+        both.update({k: m for k, m in per_output.items() if k not in extra})
+        got = engine._run_many(run, shapes, chans, both)
+        for k, g in got.items():
+            _check_maps(g, np.abs(g) > 0, names[k])
+        seen.update({k: got[k][len(got[k]) - len(extra[k]) :] for k in extra})
+        return {k: got[k][: len(per_output[k])] for k in per_output}
+
+    return run_lines
 
 
 def _probe_cells(grid: tuple[int, int]) -> np.ndarray:

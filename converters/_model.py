@@ -13,6 +13,8 @@ from converters import _collapse
 from converters._geometry import rf_bounds
 from converters._graph import Graph, Ref, _map
 from converters._registry import check_name, lookup, supported_layers
+from rfjax._types import HW
+from rfjax.contract import ConvertedModel, RFBound
 from rfjax.errors import RFError
 
 
@@ -59,7 +61,7 @@ def _host_array(v: Any) -> Any:
     return a
 
 
-class KerasModel:
+class KerasModel(ConvertedModel):
     """A Keras model converted to a pure JAX function ``x -> {layer name: feature map}``.
 
     Attributes:
@@ -117,6 +119,11 @@ class KerasModel:
         return self._graph.channels_first
 
     @property
+    def has_one_channel(self) -> bool:
+        """Keras models have the one-channel RF copy (:mod:`converters._collapse`)."""
+        return True
+
+    @property
     def input_name(self) -> str:
         """The name of the model's input layer (its output is the input itself)."""
         return self._graph.input
@@ -152,10 +159,6 @@ class KerasModel:
             env[node.name] = [out] if node.n_outputs == 1 else list(out)
         return env
 
-    def __call__(self, x: jax.Array) -> dict[str, jax.Array]:
-        """:meth:`apply` with this model's own :attr:`params`."""
-        return self.apply(self.params, x)
-
     def with_outputs(self, outputs: str | Sequence[str]) -> KerasModel:
         """A copy returning other layers (no new walk of the Keras model)."""
         return KerasModel(
@@ -177,14 +180,14 @@ class KerasModel:
             self._graph.cache["global_nodes"] = self._find_global_nodes()
         return self._graph.cache["global_nodes"]
 
-    def rf_bound(self, name: str) -> tuple[int, int, int, int] | None:
-        """``(size_h, size_w, stride_h, stride_w)`` of layer ``name``'s RF along its
-        local paths, in closed form from the layer configs (see
+    def rf_bound(self, name: str) -> RFBound | None:
+        """RF size and stride of layer ``name`` along its local paths, in closed form from the layer configs (see
         :mod:`converters._geometry`); ``None`` where a layer's geometry is unknown.
         Used to pick an input large enough for a measurement in one step."""
         if "rf_bounds" not in self._graph.cache:
             self._graph.cache["rf_bounds"] = rf_bounds(self._graph, self.global_nodes())
-        return self._graph.cache["rf_bounds"].get(self._ref(self._check_name(name)).node)
+        bound = self._graph.cache["rf_bounds"].get(self._ref(self._check_name(name)).node)
+        return None if bound is None else RFBound(HW(bound[0], bound[1]), HW(bound[2], bound[3]))
 
     def depends_globally(self, name: str) -> bool:
         """Whether layer ``name`` depends on the whole input through a
@@ -206,7 +209,7 @@ class KerasModel:
             _built=(self._fns, self.params),
         )
 
-    def prepared(self, one_channel: bool = False) -> KerasModel:
+    def prepared(self, *, one_channel: bool = False) -> KerasModel:
         """The RF-mode copy, built from the stored graph (the Keras model is never touched).
 
         Every activation (by name, layer or ``keras.ops`` call) is the identity; max

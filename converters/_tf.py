@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from converters._registry import check_name
+from rfjax.contract import ConvertedModel
 from rfjax.errors import RFError
 from rfjax.prepare import _KERNEL_NAMES, _ONE_NAMES, _ZERO_NAMES, linearize, prepare_params
 
@@ -225,7 +226,7 @@ def _prepare(params: dict[str, jax.Array]) -> dict[str, jax.Array]:
     return {k: next(iter(v.values())) for k, v in by_role.items()}
 
 
-class TFModel:
+class TFModel(ConvertedModel):
     """A TensorFlow function converted by tf2jax: ``x -> {output name: feature map}``.
 
     Attributes:
@@ -274,17 +275,13 @@ class TFModel:
         for :attr:`output_names`. Pure and jit-able."""
         return self._apply(params, x)
 
-    def __call__(self, x: jax.Array) -> dict[str, jax.Array]:
-        """:meth:`apply` with this model's own :attr:`params`."""
-        return self.apply(self.params, x)
-
     def with_outputs(self, outputs: str | Sequence[str]) -> TFModel:
         """A copy returning other outputs (no new conversion)."""
         return TFModel(
             self._source, self.input_shape, outputs, rf=self._rf, _built=(self.layer_names, self.params)
         )
 
-    def prepared(self) -> TFModel:
+    def prepared(self, *, one_channel: bool = False) -> TFModel:
         """The RF-mode copy.
 
         The converted program is linearised at the jaxpr level
@@ -294,7 +291,8 @@ class TFModel:
         (``kernel``, ``bias``, ``gamma``, ``moving_variance``, ...); variables with
         other names count as kernels when 2-D or 4-D (constant positive values) and as
         biases when 1-D (zeros). Name batch-norm variables so, or their scale and
-        variance become zero.
+        variance become zero. There is no one-channel copy (``one_channel`` is
+        accepted and ignored; :attr:`has_one_channel` is ``False``).
         """
         if self._rf:
             return self

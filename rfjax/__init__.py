@@ -2,6 +2,7 @@
 
 The public face; everything lives in small private-by-convention modules:
 
+* :mod:`rfjax.contract` -- :class:`ConvertedModel`, the one contract every model adapter implements
 * :mod:`rfjax.engine`   -- :func:`gradient_maps`, input gradients of many cells in one program
 * :mod:`rfjax.fit`      -- :func:`receptive_field`, the per-axis RF fit
 * :mod:`rfjax.prepare`  -- the RF preparation (linear activations, average pooling, ...)
@@ -24,6 +25,7 @@ from rfjax.activation_maps import (
     layer_cam,
 )
 from rfjax.arch_sweep import Arch, sweep
+from rfjax.contract import ConvertedModel, RFBound, clear_caches, resolve_model
 from rfjax.engine import gradient_maps
 from rfjax.erf import EffectiveRF, effective_rf
 from rfjax.errors import RFError, RFGlobal, RFTooLarge
@@ -35,15 +37,18 @@ __all__ = [
     "HW",
     "Arch",
     "CAMResult",
+    "ConvertedModel",
     "EffectiveRF",
     "GradientMaps",
     "LayerRF",
+    "RFBound",
     "RFError",
     "RFGlobal",
     "RFTooLarge",
     "ReceptiveField",
     "cam",
     "class_activation_maps",
+    "clear_caches",
     "effective_rf",
     "fit_maps",
     "grad_cam",
@@ -54,6 +59,7 @@ __all__ = [
     "plot_layers",
     "prepare_params",
     "receptive_field",
+    "resolve_model",
     "save_rows",
     "sweep",
     "sweep_layers",

@@ -45,6 +45,7 @@ import numpy as np
 from jax.extend import core as jcore
 
 from rfjax._types import HW, ReceptiveField
+from rfjax.contract import as_function
 from rfjax.errors import RFError
 from rfjax.prepare import _INLINE, _sub_jaxpr
 
@@ -297,35 +298,6 @@ def _program(fn: Callable, with_params: bool, layer: int, logits: int, method: s
 # --------------------------------------------------------------------------- checks
 
 
-@functools.lru_cache(maxsize=64)
-def _nnx_apply(graphdef: Any) -> Callable:
-    from flax import nnx
-
-    return lambda state, x: nnx.merge(graphdef, state)(x)
-
-
-def _as_function(model: Any, params: Any) -> tuple[Callable, Any]:
-    """``(fn, params)`` with ``fn(params, x)`` (or ``fn(x)`` when ``params`` is ``None``) for a
-    JAX function, a converted model (``.apply`` and ``.params``), a Flax NNX module or a Flax
-    Linen module with its variables."""
-    if hasattr(model, "apply") and hasattr(model, "params") and not callable(getattr(model, "init", None)):
-        return model.apply, model.params if params is None else params
-    from flax import linen as nn
-    from flax import nnx
-
-    if isinstance(model, nnx.Module):
-        graphdef, state = nnx.split(model)
-        return _nnx_apply(graphdef), state
-    if isinstance(model, nn.Module):
-        if params is None:
-            raise RFError("params is missing: a Flax Linen module needs its variables, e.g. params=model.init(key, x).")
-        return model.apply, params
-    if not callable(model):
-        raise RFError(f"model must be a JAX function, a Flax module or a converted model, not {type(model).__name__}.")
-    return model, params
-
-
-
 def _check_images(images: Any) -> np.ndarray:
     a = np.asarray(images)
     if a.dtype.kind not in "fiu":
@@ -453,7 +425,7 @@ def class_activation_maps(
     """
     if method not in _VARIANTS:
         raise RFError(f"method={method!r} is not a registered CAM method; pass one of {sorted(_VARIANTS)}.")
-    fn, params = _as_function(model, params)
+    fn, params = as_function(model, params)
     x = _check_images(images)
     bound = fn if params is None else functools.partial(fn, params)
     try:

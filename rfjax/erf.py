@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rfjax._types import HW, ReceptiveField
+from rfjax.contract import as_function
 from rfjax.errors import RFError
 
 __all__ = ["EffectiveRF", "effective_rf"]
@@ -175,13 +176,13 @@ def effective_rf(
     Returns:
       An :class:`EffectiveRF`.
     """
-    from rfjax.activation_maps import _as_function, _check_images, _layer_only, _output_index
+    from rfjax.activation_maps import _check_images, _layer_only, _output_index
     from rfjax.engine import _channel_vector
     from rfjax.fit import receptive_field
 
     if not isinstance(mass, (int, float)) or not 0 < mass < 1:
         raise RFError(f"mass={mass!r} must be a fraction strictly between 0 and 1, e.g. 0.9.")
-    base, params = _as_function(fn, params)
+    base, params = as_function(fn, params)
     xs = _check_images(inputs)
     bound = base if params is None else functools.partial(base, params)
     try:

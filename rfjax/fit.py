@@ -23,6 +23,7 @@ import numpy as np
 
 from rfjax import engine
 from rfjax._types import HW, GradientMaps, ReceptiveField
+from rfjax.contract import ConvertedModel, as_function, resolve_model
 from rfjax.errors import RFCallError, RFError, RFGlobal, RFTooLarge
 from rfjax.lines import central_index, central_lines, line_supports
 from rfjax.prepare import constant_input, linearize, prepare_params
@@ -207,17 +208,9 @@ def _check_maps(values: np.ndarray, nz: np.ndarray, name: Any) -> None:
 _VIEWS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _is_converted(model: Any) -> bool:
-    return all(hasattr(model, a) for a in ("prepared", "apply", "params", "with_outputs"))
-
-
-def _is_keras(model: Any) -> bool:
-    return type(model).__module__.split(".")[0] in ("keras", "tf_keras") and hasattr(model, "layers")
-
-
 def _view(
-    model: Any, outputs: Sequence | None, prepared: bool, held: bool = False, one_channel: bool = True
-) -> Any:
+    model: ConvertedModel, outputs: Sequence | None, prepared: bool, held: bool = False, one_channel: bool = True
+) -> ConvertedModel:
     """The (prepared) converted model restricted to ``outputs``, with its global
     branches ``held`` constant or not, with one channel per layer where the model
     offers it (same supports, far cheaper); cached per model so repeated calls reuse
@@ -225,67 +218,16 @@ def _view(
     cache = _VIEWS.setdefault(model, {})
     key = (prepared, held, one_channel, None if outputs is None else tuple(outputs))
     if key not in cache:
-        view = model
-        if prepared:
-            try:
-                view = model.prepared(one_channel=one_channel)
-            except TypeError:  # a converted model without the one-channel rewrite
-                view = model.prepared()
+        view = model.prepared(one_channel=one_channel) if prepared else model
         view = view.held() if held else view
         cache[key] = view if outputs is None else view.with_outputs(list(outputs))
     return cache[key]
-
-
-def _from_keras(model: Any, input_shape: Sequence[int] | None) -> Any:
-    """Convert a Keras model once (cached per model; the Keras model is not modified)."""
-    cache = _VIEWS.setdefault(model, {})
-    if "converted" not in cache:
-        import converters
-
-        cache["converted"] = converters.from_keras(model, input_shape=input_shape)
-    return cache["converted"]
-
-
-def _resolve(model: Any, params: Any) -> tuple[Callable, Any]:
-    """Turn what the user passed into ``(fn(params, x) or fn(x), params)``.
-
-    Accepts a plain JAX function (with or without ``params``), a Flax NNX module or a
-    Flax Linen module with its variables. (Converted Keras models go through
-    :func:`_view`.)
-    """
-    try:
-        from flax import linen as nn
-        from flax import nnx
-    except ImportError:  # pragma: no cover - flax is a core dependency
-        nnx = nn = None
-    if nnx is not None and isinstance(model, nnx.Module):
-        graphdef, state = nnx.split(model)
-        return _nnx_apply(graphdef), state
-    if nn is not None and isinstance(model, nn.Module):
-        if params is None:
-            raise RFError(
-                "params is missing: a Flax Linen module needs its variables, e.g. params=model.init(key, x)."
-            )
-        return model.apply, params
-    if not callable(model):
-        raise RFError(
-            f"fn must be a JAX function, a Flax module, a Keras model or a converted model, not {type(model).__name__}."
-        )
-    return model, params
 
 
 @functools.lru_cache(maxsize=64)
 def _prepared_fn(fn: Callable) -> Callable:
     """Linearised ``fn`` (cached so repeated calls reuse the compiled program)."""
     return linearize(fn)
-
-
-@functools.lru_cache(maxsize=64)
-def _nnx_apply(graphdef: Any) -> Callable:
-    """A stable ``fn(state, x)`` per NNX graph definition (so compiled programs are reused)."""
-    from flax import nnx
-
-    return lambda state, x: nnx.merge(graphdef, state)(x)
 
 
 def receptive_field(
@@ -336,9 +278,7 @@ def receptive_field(
         raise RFError(f"method={method!r} is not one of ('auto', 'lines', 'cells').")
     if layer is not None:
         outputs = [layer]
-    if _is_keras(fn):
-        fn = _from_keras(fn, input_shape)
-    converted = fn if _is_converted(fn) else None
+    converted = resolve_model(fn, input_shape)
     held: frozenset = frozenset()  # outputs measured with their global branches held
     if converted is not None:
         if input_shape is None and x is None and None not in tuple(converted.input_shape):
@@ -352,7 +292,7 @@ def receptive_field(
             view = _view(converted, view.output_names, prepare, held=True, one_channel=one)
         base, params, outputs = view.apply, view.params, None
     else:
-        base, params = _resolve(fn, params)
+        base, params = as_function(fn, params)
         if prepare:
             params = None if params is None else prepare_params(params)
             base = _prepared_fn(base)
@@ -397,23 +337,19 @@ def _first_size(
     the padding), rounded up to a multiple of the stride, at most ``max_input``. One
     compiled program at the right size instead of a doubling sequence; if it is still
     too small the caller doubles from there."""
-    if not hasattr(model, "rf_bound"):
-        return shape
     need = [shape[0], shape[1]]
     for name in names:
         bound = model.rf_bound(name)
         if bound is None:
             continue
         for a in (0, 1):
-            size, stride = bound[a], bound[2 + a]
+            size, stride = int(bound.size[a]), int(bound.stride[a])
             need[a] = max(need[a], -(-(size + 4 * stride) // stride) * stride)
     return (max(shape[0], min(need[0], max_input)), max(shape[1], min(need[1], max_input)), shape[2])
 
 
 def _global_outputs(model: Any, view: Any) -> frozenset:
     """The outputs of ``view`` that depend on the whole input through a global node."""
-    if not hasattr(model, "depends_globally"):
-        return frozenset()
     return frozenset(n for n in view.output_names if model.depends_globally(n))
 
 

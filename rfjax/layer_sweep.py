@@ -19,6 +19,7 @@ import jax
 import numpy as np
 
 from rfjax._types import HW
+from rfjax.contract import ConvertedModel, resolve_model
 from rfjax.errors import RFCallError, RFError, RFGlobal, RFTooLarge
 from rfjax.fit import receptive_field
 from rfjax.prepare import constant_input
@@ -72,7 +73,7 @@ class LayerRF:
 
 def _spatial_layers(model: Any, names: Sequence[str], shape: tuple[int, int, int]) -> list[str]:
     """The ``names`` whose outputs are non-empty NHWC feature maps at ``shape``."""
-    if hasattr(model, "spatial_shapes"):  # a converted model: its cheap one-channel trace
+    if isinstance(model, ConvertedModel):  # its own (for Keras: one-channel) shape trace
         try:
             shapes = model.spatial_shapes(shape)
         except Exception as e:  # noqa: BLE001 - any failure of the model at this size
@@ -111,15 +112,17 @@ def sweep_layers(
     Returns:
       One :class:`LayerRF` per layer, in graph order.
     """
-    converted = hasattr(model, "with_outputs") and hasattr(model, "layer_names")
-    if input_shape is None:
-        input_shape = getattr(model, "input_shape", None)
+    converted = resolve_model(model, input_shape)
+    if converted is not None:
+        model = converted
+        if input_shape is None:
+            input_shape = model.input_shape
     if input_shape is None or any(v is None for v in input_shape):
         raise RFError("input_shape is missing: pass input_shape=(H, W, C) for the sweep.")
     shape = tuple(int(v) for v in input_shape)
-    if converted:
+    if converted is not None:
         if layers is None:
-            names = [n for n in model.layer_names if n != getattr(model, "input_name", None)]
+            names = [n for n in model.layer_names if n != model.input_name]
         else:
             names = list(layers)
         unknown = [n for n in names if n not in model.layer_names]
@@ -140,7 +143,7 @@ def sweep_layers(
         names = [n for n in (layers or order) if len(getattr(out.get(n), "shape", ())) == 4]
     rows = []
     for depth, name in enumerate(names):
-        if converted:  # receptive_field picks the one-channel prepared view and spots global branches
+        if converted is not None:  # receptive_field picks the one-channel prepared view and spots global branches
             one = {"fn": model, "params": None, "prepare": True, "layer": name}
         else:
             one = {"fn": model, "params": params, "prepare": True, "outputs": [name]}

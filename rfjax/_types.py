@@ -75,8 +75,8 @@ class ReceptiveField:
       offset: centre of cell ``(0, 0)``'s RF, continuous coordinates (pixel ``i``
         spans ``[i, i + 1)``); cell ``(i, j)`` is centred at ``offset + (i, j) * stride``.
       padding: effective padding ``P`` (Araujo et al.): ``offset = size / 2 - P``.
-      input_shape: ``(H, W)`` of the input the RF was measured on.
-      output_shape: ``(Ho, Wo)`` of the feature map.
+      input_shape: ``(H, W)`` of the input the RF describes (the requested one).
+      output_shape: ``(Ho, Wo)`` of the feature map at ``input_shape``.
       cells_used: how many cells (or grid lines, see ``method``) entered the fit.
       cells_clipped: how many were left out because their RF touches the border.
       residual: RMS of the least-squares fit of RF centres against the grid index,
@@ -91,6 +91,10 @@ class ReceptiveField:
         models). ``size``, ``stride``, ``offset`` and ``padding`` then describe the
         local, convolutional path, measured with the global branches held constant.
       name: the feature map's name, ``None`` for a single output.
+      measured_shape: ``(H, W)`` of the input the gradients were taken at, when a
+        growing fit (``grow=True``) measured on a larger input than ``input_shape``:
+        one with the same padding at every layer, so size, stride and offset are
+        those of ``input_shape`` (see :mod:`rfjax.growth`); ``None`` otherwise.
     """
 
     size: HW
@@ -105,6 +109,7 @@ class ReceptiveField:
     method: str = "cells"
     global_: bool = False
     name: str | int | None = None
+    measured_shape: HW | None = None
 
     def rect(self, cell: tuple[int, int]) -> tuple[float, float, float, float]:
         """``(top, left, bottom, right)`` of cell ``(i, j)``'s RF, continuous coordinates."""
@@ -122,6 +127,8 @@ class ReceptiveField:
 
         head = f"{self.name}: " if self.name is not None else ""
         note = "  [global: also depends on the whole input; size is the local path's]" if self.global_ else ""
+        if self.measured_shape is not None and tuple(self.measured_shape) != tuple(self.input_shape):
+            note = f" (measured at {self.measured_shape.h}x{self.measured_shape.w}){note}"
         return (
             f"{head}size={f(self.size)} stride={f(self.stride)} offset={f(self.offset)} "
             f"padding={f(self.padding)} grid={self.output_shape.h}x{self.output_shape.w} "

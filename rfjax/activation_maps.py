@@ -44,6 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.extend import core as jcore
 
+from rfjax import memory
 from rfjax._types import HW, ReceptiveField
 from rfjax.contract import as_function
 from rfjax.errors import RFError
@@ -295,6 +296,38 @@ def _program(fn: Callable, with_params: bool, layer: int, logits: int, method: s
     return jax.jit(run)
 
 
+_BATCHED = ("maps", "upsampled", "classes", "probabilities")
+
+
+def _run_chunked(
+    prog: Callable, params: Any, x: np.ndarray, cls: np.ndarray | None, offset: np.ndarray, stride: np.ndarray,
+    max_memory: int | None,
+) -> dict[str, np.ndarray]:
+    """Run the CAM program over equal chunks of images sized by :mod:`rfjax.memory`
+    (the last chunk padded with copies of the last image, cut off afterwards); per-image
+    outputs are concatenated, the head checks (``grad_abs``, ...) are maxima."""
+    budget = memory.check_budget(max_memory)
+    given = budget is not None
+    budget = budget if given else memory.default_budget()
+    n = x.shape[0]
+
+    def args(size: int, start: int = 0) -> tuple:
+        idx = np.minimum(np.arange(start, start + size), n - 1)
+        return (params, x[idx], None if cls is None else cls[idx], offset, stride)
+
+    def compile_for(size: int) -> Any:
+        structs = jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), np.asarray(a).dtype), args(size)[1:])
+        return memory.compiled(prog, params, *structs)
+
+    size, exe = memory.plan_chunks(
+        compile_for, n, budget, what="one image", fix="pass smaller images or explain an earlier layer", given=given
+    )
+    parts = [jax.device_get(exe(*args(size, start))) for start in range(0, n, size)]
+    out = {k: np.concatenate([p[k] for p in parts])[:n] for k in _BATCHED}
+    out.update({k: max(float(p[k]) for p in parts) for k in parts[0] if k not in _BATCHED})
+    return out
+
+
 # --------------------------------------------------------------------------- checks
 
 
@@ -398,6 +431,7 @@ def class_activation_maps(
     top_k: int = 1,
     placement: str = "auto",
     rf: ReceptiveField | None = None,
+    max_memory: int | None = None,
 ) -> CAMResult:
     """Class activation maps of ``images`` with any registered method, in one compiled program.
 
@@ -419,6 +453,8 @@ def class_activation_maps(
         :func:`rfjax.receptive_field`), ``"resize"`` is a plain bilinear resize, ``"auto"``
         (default) is ``"rf"`` where the RF can be measured and ``"resize"`` otherwise.
       rf: the layer's receptive field, if already known.
+      max_memory: bytes one compiled call may take; the images are split into equal
+        chunks that fit (XLA's own memory analysis). Default: half the free memory.
 
     Returns:
       A :class:`CAMResult`.
@@ -455,7 +491,7 @@ def class_activation_maps(
         placement, rf, lambda: _layer_rf(fn, params, li, x.shape[1:], layer), hw, grid
     )
     prog = _program(fn, params is not None, li, yi, method, k, cls is not None)
-    out = jax.device_get(prog(params, jnp.asarray(x), None if cls is None else jnp.asarray(cls), jnp.asarray(offset, jnp.float32), jnp.asarray(stride, jnp.float32)))
+    out = _run_chunked(prog, params, x, cls, np.asarray(offset, np.float32), np.asarray(stride, np.float32), max_memory)
     scale = float(out["grad_abs"])
     if not np.isfinite(scale):
         raise RFError(f"the gradient of the logits with respect to layer {layer!r} is not finite; check the model and its inputs.")

@@ -17,8 +17,10 @@ whatever the number of processes of the earlier run.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
+import errno
 import json
 import os
 import re
@@ -28,9 +30,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from rfjax.errors import RFError, RFTooLarge
+from rfjax.errors import RFError, RFTooLarge, RFWriteError
 
-FORMAT = "rfjax-sweep/1"
+FORMAT = "rfjax-sweep/2"  # 2: input_shape is the requested size, measured_shape where it was measured
 _SPEC_KEYS = ("name", "layers", "input_sizes", "grow")
 
 
@@ -206,17 +208,22 @@ def _read_file(out: Path) -> list[dict]:
 
 
 class _Log:
-    """Append-only JSON-lines writer: every row flushed and fsync-ed; a failed write
-    is cut back so the file never ends in half a row."""
+    """Append-only JSON-lines writer on an unbuffered file descriptor: every row written
+    whole, then fsync-ed; a failed write (disk full, I/O error) is cut back so the file
+    never ends in half a row, and is one :class:`RFWriteError` sentence. Nothing is
+    buffered in Python, so closing cannot fail on data a full disk refused."""
 
     def __init__(self, out: Path):
         self.path = out
-        fresh = not out.exists() or out.stat().st_size == 0
         try:
-            self.f = open(out, "ab+")  # noqa: SIM115 - held for the whole sweep, closed in close()
+            if out.is_dir():
+                raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), os.fspath(out))
+            self.fd = os.open(out, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as e:
-            raise RFError(f"out={os.fspath(out)!r} cannot be opened for writing ({e.strerror}).") from None
-        if fresh:
+            raise RFWriteError(
+                f"out={os.fspath(out)!r} cannot be opened for writing ({e.strerror}); pass a writable file path."
+            ) from e
+        if os.fstat(self.fd).st_size == 0:
             self._write({"format": FORMAT, "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
         else:
             self._trim_torn_tail()
@@ -225,26 +232,38 @@ class _Log:
         data = self.path.read_bytes()
         end = data.rfind(b"\n") + 1
         if end < len(data):
-            self.f.truncate(end)
+            self._cut(end, OSError(errno.EIO, "a torn last line could not be removed"))
+
+    def _cut(self, size: int, cause: OSError) -> None:
+        try:
+            os.ftruncate(self.fd, size)
+        except OSError as e:
+            raise RFWriteError(
+                f"out={os.fspath(self.path)!r} ends in half a row that could not be removed ({e.strerror}); "
+                "free space and run the same sweep again (the torn line is dropped on reading)."
+            ) from cause
 
     def _write(self, *records: dict) -> None:
-        pos = self.f.seek(0, os.SEEK_END)
+        data = "".join(json.dumps(r) + "\n" for r in records).encode()
+        pos = os.lseek(self.fd, 0, os.SEEK_END)
         try:
-            self.f.write("".join(json.dumps(r) + "\n" for r in records).encode())
-            self.f.flush()
-            os.fsync(self.f.fileno())
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self.fd, view) :]
+            os.fsync(self.fd)
         except OSError as e:
-            self.f.truncate(pos)
-            raise RFError(
+            self._cut(pos, e)
+            raise RFWriteError(
                 f"writing out={os.fspath(self.path)!r} failed ({e.strerror}); every finished row before it is "
                 "saved: free space and run the same sweep again to resume."
-            ) from None
+            ) from e
 
     def append(self, *records: dict) -> None:
         self._write(*records)
 
     def close(self) -> None:
-        self.f.close()
+        with contextlib.suppress(OSError):
+            os.close(self.fd)
 
 
 def sweep(
@@ -337,17 +356,19 @@ def sweep(
             try:
                 try:
                     measure(dynamic=True)
-                except Exception as e:
-                    if not _zoo_name(arch) or "writing out=" in str(e):
+                except RFWriteError:
+                    raise
+                except Exception:
+                    if not _zoo_name(arch):
                         raise
                     # a model that fixes its graph from the input size (NASNet builds with
                     # unknown sizes, then fails at real ones): build it at this size
                     measure(dynamic=False)
             except (KeyboardInterrupt, SystemExit):
                 raise
+            except RFWriteError:
+                raise
             except RFError as e:
-                if "writing out=" in str(e):
-                    raise
                 _fail(log, done, arch_key, arch, shape, index, e)
             except RFTooLarge as e:  # pragma: no cover - sweep_layers records these as rows
                 _fail(log, done, arch_key, arch, shape, index, e)

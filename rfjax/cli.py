@@ -10,6 +10,7 @@ import argparse
 import os
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -237,6 +238,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Receptive fields of convolutional networks: every output cell's input gradient "
         "in one jit-compiled JAX program, and the RF size/stride/offset fitted from all of them.",
     )
+    p.add_argument(
+        "--debug", action="store_true", help="on an error, also print the chain of causes (Python tracebacks)"
+    )
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     d = sub.add_parser(
         "demo",
@@ -346,6 +350,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except RFError as e:
+        if args.debug:
+            traceback.print_exception(e)
         print(f"rfjax: error: {e}", file=sys.stderr)
         return 2
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -26,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rfjax import memory
 from rfjax._types import HW, GradientMaps
 from rfjax.errors import RFCallError, RFError
 from rfjax.lines import line_supports
@@ -215,6 +215,12 @@ def _program(
     return Program(forward, _jit(sharded, fast))
 
 
+_MEMORY_FIX = (
+    "pass a smaller input_shape, or convert the model (converters.from_keras, from_torch, from_onnx) "
+    "so that its RF copy runs with one channel per layer"
+)
+
+
 def _run_slots(
     fn: Callable,
     params: Any,
@@ -223,29 +229,60 @@ def _run_slots(
     chans: list[np.ndarray],
     *,
     input_channels: InputChannels,
-    chunk: int | None,
+    chunk: int | None = None,
     n_devices: int,
     fast: bool = False,
+    max_memory: int | None = None,
 ) -> np.ndarray:
     """Run all slots (``masks[o]``: ``(S, Ho, Wo, k)``): one forward pass, then the
-    backward program over equal chunks."""
+    backward program over equal chunks.
+
+    Both programs are sized before they run (:mod:`rfjax.memory`): against
+    ``max_memory`` bytes when given, else against half the memory free at the call.
+    ``chunk`` forces a chunk size instead. Raises :class:`~rfjax.errors.RFMemoryError`
+    when one slot does not fit."""
     n_slots = masks[0].shape[0]
-    size = n_slots if chunk is None else max(1, min(chunk, n_slots))
-    size = math.ceil(n_slots / math.ceil(n_slots / size))  # equal chunks, the least padding
-    size = math.ceil(size / n_devices) * n_devices
+    given = max_memory is not None
+    budget = max_memory if given else memory.default_budget()
+    prog = _program(fn, params is not None, input_channels, n_devices, fast)
+    hw = f"{x.shape[1]}x{x.shape[2]}"
+    forward = memory.check_fits(
+        memory.compiled(prog.forward, params, x),
+        budget,
+        what=f"the forward pass at {hw}",
+        fix=_MEMORY_FIX,
+        given=given,
+    )
+    out, vjp_fn = forward(params, x)
+    chans_dev = [jnp.asarray(c) for c in chans]
+
+    def compile_for(size: int) -> Any:
+        structs = [jax.ShapeDtypeStruct((size,) + m.shape[1:], jnp.asarray(m[:0]).dtype) for m in masks]
+        return memory.compiled(prog.backward, out, vjp_fn, structs, chans_dev)
+
+    if chunk is not None:
+        size = memory.equal_chunk(n_slots, chunk, n_devices)
+        backward = compile_for(size)
+    else:
+        size, backward = memory.plan_chunks(
+            compile_for,
+            n_slots,
+            budget,
+            what=f"one cell's input gradient at {hw}",
+            fix=_MEMORY_FIX,
+            given=given,
+            multiple=n_devices,
+        )
     n_chunks = math.ceil(n_slots / size)
     pad = n_chunks * size - n_slots
     if pad:
         masks = [np.concatenate([m, np.zeros((pad,) + m.shape[1:], m.dtype)]) for m in masks]
-    prog = _program(fn, params is not None, input_channels, n_devices, fast)
-    out, vjp_fn = prog.forward(params, x)
-    chans_dev = [jnp.asarray(c) for c in chans]
     parts = [
-        prog.backward(out, vjp_fn, [jnp.asarray(m[k * size : (k + 1) * size]) for m in masks], chans_dev)
+        backward(out, vjp_fn, [jnp.asarray(m[k * size : (k + 1) * size]) for m in masks], chans_dev)
         for k in range(n_chunks)
     ]
-    out = np.concatenate([np.asarray(p) for p in parts]) if n_chunks > 1 else np.asarray(parts[0])
-    return out[:n_slots]
+    result = np.concatenate([np.asarray(p) for p in parts]) if n_chunks > 1 else np.asarray(parts[0])
+    return result[:n_slots]
 
 
 def memory_per_chunk(
@@ -268,29 +305,6 @@ def memory_per_chunk(
     if mem is None:  # pragma: no cover - backends without memory analysis
         return 0
     return int(mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes)
-
-
-def default_budget(x: jax.Array) -> int | None:
-    """The memory budget the RF fit gives itself: a quarter of the machine's memory for
-    inputs over 1024x1024 pixels, ``None`` (no chunking) below that or when unknown.
-
-    The fit grows inputs to thousands of pixels, where a backward pass over a hundred
-    line slots needs tens of GB, and XLA aborts the whole process (uncatchably) when
-    memory runs out; measuring the budget costs two compiles, so small inputs skip it."""
-    if x.shape[1] * x.shape[2] <= 1024 * 1024:
-        return None
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
-    except (ValueError, OSError, AttributeError):  # pragma: no cover - not POSIX
-        return None
-
-
-def default_chunk(
-    fn: Callable, params: Any, x: jax.Array, shapes: list[tuple[int, ...]], input_channels: InputChannels
-) -> int | None:
-    """The chunk of slots for :func:`default_budget` (``None``: one call)."""
-    budget = default_budget(x)
-    return None if budget is None else chunk_for_budget(fn, params, x, shapes, budget, input_channels)
 
 
 def chunk_for_budget(
@@ -420,7 +434,9 @@ def gradient_maps(
         ``"sum"`` sums ``g``, ``"keep"`` keeps a trailing ``C`` axis.
       max_memory: budget in bytes for one compiled call; the slots are split into
         equal chunks that fit it (measured from XLA's own memory analysis) and run by a
-        host loop over one compiled function. ``None``: one call.
+        host loop over one compiled function. ``None``: half the memory free at the
+        call (:mod:`rfjax.memory`). One slot over the budget is an
+        :class:`~rfjax.errors.RFMemoryError` that says how much it needs.
       strategy: ``"dense"`` (one backward pass per cell), ``"packed"`` (cells whose
         supports cannot overlap share a pass, see module docs), or ``"auto"``
         (packed when it saves at least a third of the passes, dense on grids under 8x8).
@@ -445,13 +461,9 @@ def gradient_maps(
         _channel_vector(channels if k in selected else None, s[3], _label(names[k]))
         for k, s in enumerate(shapes)
     ]
-    chunk = None
-    if max_memory is not None:
-        if not isinstance(max_memory, (int, np.integer)) or max_memory <= 0:
-            raise RFError(f"max_memory must be a positive number of bytes, not {max_memory!r}.")
-        chunk = chunk_for_budget(fn, params, xb, shapes, int(max_memory), input_channels)
+    budget = memory.check_budget(max_memory)
     run = functools.partial(
-        _run_slots, fn, params, xb, input_channels=input_channels, chunk=chunk, n_devices=n_dev
+        _run_slots, fn, params, xb, input_channels=input_channels, n_devices=n_dev, max_memory=budget
     )
 
     if cotangents is not None:

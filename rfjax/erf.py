@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rfjax import memory
 from rfjax._types import HW, ReceptiveField
 from rfjax.contract import as_function
 from rfjax.errors import RFError
@@ -92,7 +93,8 @@ class EffectiveRF:
 
 @functools.lru_cache(maxsize=64)
 def _program(fn: Callable, with_params: bool, squared: bool) -> Callable:
-    """``(params, xs (N, H, W, C), cotangent (Ho, Wo, Co)) -> (H, W)``, one compiled program."""
+    """``(params, xs (N, H, W, C), weights (N,), cotangent (Ho, Wo, Co)) -> (H, W)``, the
+    weighted sum of the inputs' gradient maps; one compiled program."""
 
     def one(params, x, ct):
         f = (lambda v: fn(params, v)) if with_params else fn
@@ -101,10 +103,34 @@ def _program(fn: Callable, with_params: bool, squared: bool) -> Callable:
         g = g[0].astype(jnp.float32)
         return (g * g).sum(-1) if squared else jnp.abs(g).sum(-1)
 
-    def run(params, xs, ct):
-        return jax.vmap(one, in_axes=(None, 0, None))(params, xs, ct).mean(axis=0)
+    def run(params, xs, weights, ct):
+        return jnp.tensordot(weights, jax.vmap(one, in_axes=(None, 0, None))(params, xs, ct), axes=1)
 
     return jax.jit(run)
+
+
+def _mean_map(prog: Callable, params: Any, xs: np.ndarray, ct: np.ndarray, max_memory: int | None) -> np.ndarray:
+    """The mean gradient map over ``xs``, in equal chunks of inputs sized by
+    :mod:`rfjax.memory` (padding inputs get weight 0)."""
+    budget = memory.check_budget(max_memory)
+    given = budget is not None
+    budget = budget if given else memory.default_budget()
+    n = xs.shape[0]
+
+    def args(size: int, start: int = 0) -> tuple:
+        idx = np.arange(start, start + size)
+        weights = (idx < n).astype(np.float32)
+        return xs[np.minimum(idx, n - 1)], weights, ct
+
+    def compile_for(size: int) -> Any:
+        structs = [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in args(size)]
+        return memory.compiled(prog, params, *structs)
+
+    size, exe = memory.plan_chunks(
+        compile_for, n, budget, what="one input's gradient", fix="pass smaller inputs", given=given
+    )
+    total = sum(np.asarray(exe(params, *args(size, start)), np.float64) for start in range(0, n, size))
+    return total / n
 
 
 def _gaussian(coords, amp, my, mx, sy, sx):
@@ -153,6 +179,7 @@ def effective_rf(
     mass: float = 0.9,
     squared: bool = False,
     rf: ReceptiveField | str | None = "auto",
+    max_memory: int | None = None,
 ) -> EffectiveRF:
     """Effective RF of one output cell, averaged over a batch of inputs (Luo et al. 2016).
 
@@ -172,6 +199,9 @@ def effective_rf(
       rf: ``"auto"`` measures the theoretical RF of the same output with
         :func:`rfjax.receptive_field` (``None`` in the result if the RF exceeds the input);
         a :class:`ReceptiveField` to use; or ``None`` to skip it.
+
+      max_memory: bytes one compiled call may take; the inputs are split into equal
+        chunks that fit (XLA's own memory analysis). Default: half the free memory.
 
     Returns:
       An :class:`EffectiveRF`.
@@ -209,7 +239,7 @@ def effective_rf(
     one = _layer_only(base, params is not None, index)
     ct = np.zeros((ho, wo, co), np.float32)
     ct[c] = _channel_vector(channels, co, "the output" if output is None else f"output {output!r}")
-    m = np.asarray(_program(one, params is not None, bool(squared))(params, jnp.asarray(xs), jnp.asarray(ct)), np.float64)
+    m = _mean_map(_program(one, params is not None, bool(squared)), params, xs, ct, max_memory)
     if not np.isfinite(m).all():
         raise RFError(f"the input gradient of cell {c} is not finite; check the model and its inputs.")
     total = m.sum()

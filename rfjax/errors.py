@@ -34,3 +34,27 @@ class RFTooLarge(RFError):
 class RFGlobal(RFTooLarge):
     """The output depends on the whole input only (global pooling with no convolutional
     path to the input): it has no finite RF at any input size."""
+
+
+class RFMemoryError(RFError):
+    """A compiled program would not fit in memory even for one item of its batch.
+
+    Attributes:
+      needed: bytes XLA reserves for one item (one output cell, one image).
+      budget: the budget it was held to.
+    """
+
+    def __init__(self, message: str, needed: int, budget: int):
+        super().__init__(message)
+        self.needed = needed
+        self.budget = budget
+
+
+class RFZeroGradient(RFError):
+    """Some output cells' input gradients are exactly zero (dead ReLUs, max pooling, or
+    an output reached only through a global branch that is held constant)."""
+
+
+class RFWriteError(RFError):
+    """A result file could not be written (disk full, read-only folder, a directory in
+    its place); every row finished before it is kept."""

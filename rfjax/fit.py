@@ -15,16 +15,17 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import weakref
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
-from rfjax import engine
+from rfjax import engine, growth
 from rfjax._types import HW, GradientMaps, ReceptiveField
 from rfjax.contract import ConvertedModel, as_function, resolve_model
-from rfjax.errors import RFCallError, RFError, RFGlobal, RFTooLarge
+from rfjax.errors import RFCallError, RFError, RFGlobal, RFTooLarge, RFZeroGradient
 from rfjax.lines import central_index, central_lines, line_supports
 from rfjax.prepare import constant_input, linearize, prepare_params
 
@@ -196,7 +197,7 @@ def _check_maps(values: np.ndarray, nz: np.ndarray, name: Any) -> None:
         )
     zero = ~nz.reshape(len(nz), -1).any(axis=1)
     if zero.any():
-        raise RFError(
+        raise RFZeroGradient(
             f"the input gradient of {_label(name)} is zero for {int(zero.sum())} of {len(zero)} cells "
             f"(dead ReLUs or max pooling can block it); {_PREPARE_HINT}."
         )
@@ -278,74 +279,149 @@ def receptive_field(
         raise RFError(f"method={method!r} is not one of ('auto', 'lines', 'cells').")
     if layer is not None:
         outputs = [layer]
-    converted = resolve_model(fn, input_shape)
-    held: frozenset = frozenset()  # outputs measured with their global branches held
-    if converted is not None:
-        if input_shape is None and x is None and None not in tuple(converted.input_shape):
-            input_shape = converted.input_shape
-        one = channels is None
-        view = _view(converted, outputs, prepare, one_channel=one)
-        # squeeze-excitation, image pooling: measure the local path (global branches
-        # held constant) and say the output is global
-        held = _global_outputs(converted, view)
-        if held:
-            view = _view(converted, view.output_names, prepare, held=True, one_channel=one)
-        base, params, outputs = view.apply, view.params, None
+    target = _target(fn, params, input_shape, x, prepare, outputs, channels)
+    model_shape = () if target.model is None else tuple(target.model.input_shape)
+    if input_shape is None and x is None and model_shape and None not in model_shape:
+        input_shape = model_shape
+    given = _input_shape(input_shape, x)
+    method = ("lines" if prepare else "cells") if method == "auto" else method
+    if grow and x is None:
+        result = _measure_grown(target, given, method, channels, max_input)
     else:
+        xin = constant_input(given) if x is None else x
+        try:
+            result = _measure(target, xin, method, channels, strict=False)
+        except _TooSmall as e:
+            raise _too_large(e, given) from e
+    if target.held and isinstance(result, dict):
+        result = {k: dataclasses.replace(r, global_=True) if k in target.held else r for k, r in result.items()}
+    return result[layer] if layer is not None and isinstance(result, dict) else result
+
+
+class _Target(NamedTuple):
+    """What the fit runs: ``fn(params, x)`` (or ``fn(x)``), the outputs to fit, the
+    converted model behind it (``None`` for a plain function) and the outputs measured
+    with their global branches held."""
+
+    fn: Callable
+    params: Any
+    outputs: Sequence | None
+    model: ConvertedModel | None
+    names: tuple
+    held: frozenset
+
+
+def _target(fn: Any, params: Any, input_shape: Any, x: Any, prepare: bool, outputs: Any, channels: Any) -> _Target:
+    """Resolve what the user passed into the function the fit measures: a converted
+    model's (one-channel) RF copy, restricted to ``outputs``, with global branches held;
+    or a plain function, linearised when ``prepare``."""
+    converted = resolve_model(fn, input_shape if input_shape is not None else None)
+    if converted is None:
         base, params = as_function(fn, params)
         if prepare:
             params = None if params is None else prepare_params(params)
             base = _prepared_fn(base)
-    shape = given = _input_shape(input_shape, x)
-    if grow and x is None and converted is not None:
-        shape = _first_size(converted, view.output_names, shape, max_input)
-    method = ("lines" if prepare else "cells") if method == "auto" else method
-    while True:
-        xin = constant_input(shape) if (x is None or tuple(np.shape(x))[-3:] != tuple(shape)) else x
-        can_grow = grow and x is None and max(shape[0], shape[1]) < max_input
-        try:
-            result = _fit_all(base, params, xin, method, outputs, channels, strict=can_grow)
-        except _TooSmall as e:
-            if can_grow:  # double, the last step landing on max_input
-                f = min(2.0, max_input / max(shape[0], shape[1]))
-                shape = (int(shape[0] * f), int(shape[1] * f), shape[2])
-                continue
-            raise _too_large(e, shape) from None
-        except RFError as e:
-            if shape != given and isinstance(e, RFCallError):
-                shape = given  # a model that runs only at some sizes (NASNet): grow by doubling instead
-                continue
-            if held and "is zero for" in str(e):
-                raise RFGlobal(
-                    f"{', '.join(map(repr, sorted(held)))} depends on the whole input only (global pooling with no "
-                    "convolutional path to the input); it has no finite RF.",
-                    "h",
-                    True,
-                    (shape[0], shape[1]),
-                ) from None
+        return _Target(base, params, outputs, None, (), frozenset())
+    one = channels is None
+    view = _view(converted, outputs, prepare, one_channel=one)
+    # squeeze-excitation, image pooling: measure the local path (global branches held
+    # constant) and say the output is global
+    held = _global_outputs(converted, view)
+    if held:
+        view = _view(converted, view.output_names, prepare, held=True, one_channel=one)
+    return _Target(view.apply, view.params, None, converted, tuple(view.output_names), held)
+
+
+def _measure(target: _Target, x: Any, method: str, channels: Any, strict: bool) -> Any:
+    """One fit at the size of ``x``; a global output with no local path is
+    :class:`RFGlobal`. Raises ``_TooSmall`` when the RF reaches past the input."""
+    try:
+        return _fit_all(target.fn, target.params, x, method, target.outputs, channels, strict=strict)
+    except RFZeroGradient as e:
+        if not target.held:
             raise
-        if held and isinstance(result, dict):
-            result = {k: dataclasses.replace(r, global_=True) if k in held else r for k, r in result.items()}
-        return result[layer] if layer is not None and isinstance(result, dict) else result
+        raise RFGlobal(
+            f"{', '.join(map(repr, sorted(target.held)))} depends on the whole input only (global pooling with no "
+            "convolutional path to the input); it has no finite RF.",
+            "h",
+            True,
+            tuple(np.shape(x))[-3:-1],
+        ) from e
+
+
+def _measure_grown(
+    target: _Target, given: tuple[int, int, int], method: str, channels: Any, max_input: int
+) -> Any:
+    """The fit at the requested size, or at the first larger size that keeps its
+    padding at every layer (:mod:`rfjax.growth`); results describe the requested size
+    and say where they were measured (``measured_shape``)."""
+    if not isinstance(max_input, (int, np.integer)) or max_input < 1:
+        raise RFError(f"max_input={max_input!r} must be a positive number of pixels, e.g. 4096.")
+    start, step = given[:2], None
+    if target.model is not None:
+        start, step = _first_size(target.model, target.names, given, max_input)
+    grower = growth.Grower(target.fn, target.params, given, step)
+    last: Exception | None = None
+    shape = given
+    for shape, final in grower.sizes(start, max_input):
+        try:
+            result = _measure(target, constant_input(shape), method, channels, strict=not final)
+        except (_TooSmall, RFCallError) as e:
+            last = e
+            continue
+        return _at_requested(result, given, shape, grower)
+    if isinstance(last, _TooSmall) and grower.step is None and not last.everywhere:
+        raise RFTooLarge(
+            f"the RF is larger than the {given[0]}x{given[1]} input and no larger input keeps the padding of "
+            "every layer as at that size (the network resizes, or its total stride does not divide 1024); "
+            "pass a larger input_shape to measure the RF of that size.",
+            last.axis,
+            False,
+            (given[0], given[1]),
+        ) from last
+    if isinstance(last, _TooSmall):
+        raise _too_large(last, shape) from last
+    if last is not None:
+        raise last
+    raise RFError(f"max_input={max_input} is smaller than the input {given[0]}x{given[1]}; raise max_input.")
+
+
+def _at_requested(
+    result: Any, given: tuple[int, int, int], measured: tuple[int, int, int], grower: growth.Grower
+) -> Any:
+    """``result`` restated for the requested input: its size and output grid, with the
+    size it was measured at (the geometry is the same, see :mod:`rfjax.growth`)."""
+
+    def one(rf: ReceptiveField) -> ReceptiveField:
+        grid = grower.grid(rf.name)
+        return dataclasses.replace(
+            rf,
+            input_shape=HW(given[0], given[1]),
+            output_shape=HW(*grid) if grid is not None else rf.output_shape,
+            measured_shape=HW(measured[0], measured[1]),
+        )
+
+    return {k: one(r) for k, r in result.items()} if isinstance(result, dict) else one(result)
 
 
 def _first_size(
-    model: Any, names: Sequence[str], shape: tuple[int, int, int], max_input: int
-) -> tuple[int, int, int]:
-    """The input to measure at first when growing a converted model: per axis at least
-    the closed-form RF bound plus four strides (room for two unclipped cells whatever
-    the padding), rounded up to a multiple of the stride, at most ``max_input``. One
-    compiled program at the right size instead of a doubling sequence; if it is still
-    too small the caller doubles from there."""
-    need = [shape[0], shape[1]]
+    model: ConvertedModel, names: Sequence[str], shape: tuple[int, int, int], max_input: int
+) -> tuple[tuple[int, int], tuple[int, int] | None]:
+    """Where a growing fit of a converted model starts, and its growth step: per axis
+    at least the closed-form RF bound plus four strides (room for two unclipped cells
+    whatever the padding), at most ``max_input``; the step is the least common multiple
+    of the outputs' total strides (``None`` when a bound is unknown). One compiled
+    program at the right size instead of a doubling sequence."""
+    need, step = [shape[0], shape[1]], [1, 1]
     for name in names:
         bound = model.rf_bound(name)
         if bound is None:
-            continue
+            return (shape[0], shape[1]), None
         for a in (0, 1):
             size, stride = int(bound.size[a]), int(bound.stride[a])
-            need[a] = max(need[a], -(-(size + 4 * stride) // stride) * stride)
-    return (max(shape[0], min(need[0], max_input)), max(shape[1], min(need[1], max_input)), shape[2])
+            need[a] = max(need[a], size + 4 * stride)
+            step[a] = math.lcm(step[a], stride)
+    return (min(need[0], max_input), min(need[1], max_input)), (step[0], step[1])
 
 
 def _global_outputs(model: Any, view: Any) -> frozenset:
@@ -397,25 +473,24 @@ def _fit_all(fn: Callable, params: Any, x: Any, method: str, outputs, channels, 
     hw = HW(int(xb.shape[1]), int(xb.shape[2]))
     grids = {k: (shapes[k][1], shapes[k][2]) for k in selected}
 
-    def runner(chunk: int | None, fast: bool = False) -> Callable:
+    def runner(fast: bool = False) -> Callable:
         return functools.partial(
             engine._run_slots,
             fn,
             params,
             xb,
             input_channels="abs_sum",
-            chunk=chunk,
             n_devices=engine._device_count(None),
             fast=fast,
         )
 
     out = {}
     if strict:  # growing: three central lines per axis, one small pass, no chunking probes
-        out = _fit_central_all(runner(None, fast=fast), shapes, chans, names, grids, hw)
+        out = _fit_central_all(runner(fast=fast), shapes, chans, names, grids, hw)
         grids = {k: g for k, g in grids.items() if names[k] not in out}
         if not grids:
             return out[None] if names == [None] else out
-    run = runner(engine.default_chunk(fn, params, xb, shapes, "abs_sum"))
+    run = runner()
     probes = {k: _probe_cells(g) for k, g in grids.items()}
     seen: dict = {}
     run_lines = _with_probes(run, shapes, chans, names, grids, probes, seen)
@@ -431,7 +506,6 @@ def _fit_all(fn: Callable, params: Any, x: Any, method: str, outputs, channels, 
                 params=params,
                 outputs=[names[k]] if names != [None] else None,
                 channels=channels,
-                max_memory=engine.default_budget(xb),
             )
             out[names[k]] = fit_maps(maps[names[k]] if isinstance(maps, dict) else maps, strict)
     return out[None] if names == [None] else out

@@ -40,6 +40,10 @@ class LayerRF:
     global branch (squeeze-and-excitation, image pooling) of a converted model; the
     measured quantities are then those of its local, convolutional path (see
     :attr:`rfjax.ReceptiveField.global_`).
+
+    ``input_shape`` is the requested input the row describes; ``measured_shape`` the
+    input a growing fit measured on (same padding at every layer, see
+    :mod:`rfjax.growth`).
     """
 
     layer: str
@@ -53,6 +57,7 @@ class LayerRF:
     output_shape: HW
     global_: bool = False
     error: str | None = None
+    measured_shape: HW | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """Flat, JSON-ready: pairs become ``size_h``, ``size_w``, ..."""
@@ -64,7 +69,7 @@ class LayerRF:
         }
         if self.error is not None:
             out["error"] = self.error
-        for field in ("size", "stride", "offset", "padding", "input_shape", "output_shape"):
+        for field in ("size", "stride", "offset", "padding", "input_shape", "output_shape", "measured_shape"):
             pair = getattr(self, field)
             out[f"{field}_h"] = None if pair is None else float(pair.h)
             out[f"{field}_w"] = None if pair is None else float(pair.w)
@@ -198,6 +203,7 @@ def _measure(
         rf.input_shape,
         rf.output_shape,
         rf.global_,
+        measured_shape=rf.measured_shape,
     )
 
 

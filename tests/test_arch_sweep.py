@@ -141,7 +141,7 @@ def test_zoo_names_build_spatially_dynamic_so_a_growing_fit_can_run_them(tmp_pat
     )
     (row,) = [r for r in rows if r.get("layer") == "conv_pw_13_relu"]
     assert row["status"] == "ok" and (row["size_h"], row["stride_h"]) == (315.0, 32.0)
-    assert row["input_shape_h"] > 315
+    assert row["input_shape_h"] == 96 and row["measured_shape_h"] > 315
 
 
 def test_a_zoo_model_that_fails_when_built_dynamic_is_rebuilt_at_the_input_size(tmp_path, monkeypatch):
@@ -160,3 +160,81 @@ def test_a_zoo_model_that_fails_when_built_dynamic_is_rebuilt_at_the_input_size(
     assert built == [True, False]
     (row,) = rows
     assert row["status"] == "ok" and row["size_h"] == 3.0
+
+
+def _small_tmpfs(path) -> bool:
+    """Mount a 64 KiB tmpfs at ``path`` (root only); False where mounting is not allowed."""
+    import subprocess
+
+    path.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(path)], check=False, capture_output=True
+    )
+    return done.returncode == 0
+
+
+def test_a_really_full_disk_is_one_sentence_and_loses_nothing(tmp_path, monkeypatch):
+    disk = tmp_path / "disk"
+    if not _small_tmpfs(disk):  # no tmpfs here: a file system whose writes fail past a quota
+        real_write, used = os.write, {"n": 0}
+
+        def write(fd, data):
+            used["n"] += len(data)
+            if used["n"] > 1200:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return real_write(fd, data)
+
+        disk.mkdir(exist_ok=True)
+        monkeypatch.setattr(os, "write", write)
+        filler = None
+    else:
+        filler = disk / "filler"
+        filler.write_bytes(b"x" * (60 * 1024))  # one 4 KiB page left: the header and a few rows
+    out = disk / "s.jsonl"
+    many = [Arch(f"k{k}", ("a", "b"), ((24, 24, 1), (25, 25, 1)), stack(3)) for k in range(12)]
+    try:
+        with pytest.raises(
+            RFError, match=r"writing out=.*s\.jsonl.*No space left on device.*run the same sweep again"
+        ):
+            sweep(many, out, progress=False)
+        kept = read_rows(out)
+        assert 0 < len(kept) < 48
+        assert out.read_bytes().endswith(b"\n")  # no half row
+        if filler is not None:
+            filler.unlink()
+        else:
+            monkeypatch.undo()
+        rows = sweep(many, out, progress=False)
+        keys = [r["key"] for r in rows]
+        assert len(keys) == len(set(keys)) == 48 and all(r["status"] == "ok" for r in rows)
+    finally:
+        if filler is not None:
+            import subprocess
+
+            subprocess.run(["umount", str(disk)], check=False)
+
+
+def test_an_output_path_that_is_a_folder_or_read_only_is_one_sentence(tmp_path):
+    folder = tmp_path / "a_folder"
+    folder.mkdir()
+    with pytest.raises(RFError, match=r"out=.*a_folder.*cannot be (read|opened)"):
+        sweep(archs()[:1], folder, progress=False)
+    if os.geteuid() != 0:  # root writes anywhere: the read-only case needs a normal user
+        locked = tmp_path / "locked"
+        locked.mkdir()
+        locked.chmod(0o500)
+        with pytest.raises(RFError, match=r"cannot be opened for writing.*Permission denied"):
+            sweep(archs()[:1], locked / "s.jsonl", progress=False)
+
+
+def test_the_cli_says_disk_full_in_one_line_with_exit_code_2(tmp_path, monkeypatch, capsys):
+    from rfjax import cli
+
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"architectures": [{"name": "NoSuchNet"}]}))
+    monkeypatch.setattr(
+        os, "fsync", lambda fd: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left on device"))
+    )
+    code = cli.main(["sweep", str(spec), "--out", str(tmp_path / "s.jsonl")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "No space left on device" in err[0] and "Traceback" not in err[0]

@@ -72,7 +72,8 @@ def test_rf_larger_than_input_is_reported_and_grow_fixes_it():
     with pytest.raises(RFTooLarge, match=r"RF is larger than the 24x24 input along axis h.*grow=True"):
         rfjax.receptive_field(fn, (24, 24, 1))
     rf = rfjax.receptive_field(fn, (24, 24, 1), grow=True)
-    assert rf.size == HW(31, 31) and rf.offset == HW(0.5, 0.5) and rf.input_shape == HW(48, 48)
+    assert rf.size == HW(31, 31) and rf.offset == HW(0.5, 0.5) and rf.input_shape == HW(24, 24)
+    assert rf.measured_shape.h > 24 and rf.measured_shape.w > 24  # grown to measure, same geometry
 
 
 def test_growing_fit_reads_three_central_lines_and_agrees_with_the_closed_form():
@@ -83,7 +84,8 @@ def test_growing_fit_reads_three_central_lines_and_agrees_with_the_closed_form()
         return conv(conv(x, (5, 5), padding="SAME", cout=1), (5, 5), padding="SAME", cout=1)
 
     grown = rfjax.receptive_field(fn, (20, 20, 1), grow=True)
-    assert grown.method == "central" and grown.cells_used == 6 and grown.input_shape == HW(40, 40)
+    assert grown.method == "central" and grown.cells_used == 6 and grown.input_shape == HW(20, 20)
+    assert (grown.measured_shape.h - 20) % 2 == 0 and grown.measured_shape.h > 20
     assert grown.size == HW(19, 19) and grown.stride == HW(2, 2) and grown.offset == HW(1.5, 1.5)
     assert grown.padding == HW(8, 8)
     full = rfjax.receptive_field(fn, (40, 40, 1), method="lines")  # every grid line, same input

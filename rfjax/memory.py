@@ -105,6 +105,7 @@ def program_bytes(executable: Any) -> int:
 
 _COMPILED: dict[tuple, Any] = {}
 _MAX_COMPILED = 256
+_STATS = {"compiles": 0}
 
 
 def _shape_key(args: tuple) -> tuple:
@@ -120,7 +121,13 @@ def compiled(jitted: Any, *args: Any) -> Any:
         if len(_COMPILED) >= _MAX_COMPILED:
             _COMPILED.pop(next(iter(_COMPILED)))
         _COMPILED[key] = jitted.lower(*args).compile()
+        _STATS["compiles"] += 1
     return _COMPILED[key]
+
+
+def compile_count() -> int:
+    """How many programs rfjax has compiled in this process (for checking reuse)."""
+    return _STATS["compiles"]
 
 
 def clear() -> None:

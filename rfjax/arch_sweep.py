@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from rfjax.errors import RFError, RFTooLarge, RFWriteError
+from rfjax.growth import MAX_INPUT
 
 FORMAT = "rfjax-sweep/2"  # 2: input_shape is the requested size, measured_shape where it was measured
 _SPEC_KEYS = ("name", "layers", "input_sizes", "grow")
@@ -271,7 +272,7 @@ def sweep(
     out: str | os.PathLike,
     *,
     progress: bool = True,
-    max_input: int = 4096,
+    max_input: int = MAX_INPUT,
     process_index: int | None = None,
     process_count: int | None = None,
 ) -> list[dict]:

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from rfjax.errors import RFError
+from rfjax.growth import MAX_INPUT
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -301,7 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument(
         "--max-input",
         type=int,
-        default=4096,
+        default=MAX_INPUT,
         metavar="N",
         help="largest input side a growing entry may reach (default: 4096)",
     )

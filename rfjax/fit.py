@@ -26,6 +26,7 @@ from rfjax import engine, growth
 from rfjax._types import HW, GradientMaps, ReceptiveField
 from rfjax.contract import ConvertedModel, as_function, resolve_model
 from rfjax.errors import RFCallError, RFError, RFGlobal, RFTooLarge, RFZeroGradient
+from rfjax.growth import MAX_INPUT
 from rfjax.lines import central_index, central_lines, line_supports
 from rfjax.prepare import constant_input, linearize, prepare_params
 
@@ -240,7 +241,7 @@ def receptive_field(
     prepare: bool = True,
     method: str = "auto",
     grow: bool = False,
-    max_input: int = 4096,
+    max_input: int = MAX_INPUT,
     outputs: Sequence[str | int] | None = None,
     layer: str | None = None,
     channels: Any = None,

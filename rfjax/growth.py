@@ -29,6 +29,9 @@ from jax.extend import core as jcore
 
 #: the largest step tried when the total stride is not known in closed form
 _PROBE = 1024
+#: the largest input side a growing fit reaches by default, at every entry point
+#: (``receptive_field``, ``sweep_layers``, ``sweep``, the CLI)
+MAX_INPUT = 4096
 
 
 class Geometry(NamedTuple):

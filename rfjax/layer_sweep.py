@@ -22,6 +22,7 @@ from rfjax._types import HW
 from rfjax.contract import ConvertedModel, resolve_model
 from rfjax.errors import RFCallError, RFError, RFGlobal, RFTooLarge
 from rfjax.fit import receptive_field
+from rfjax.growth import MAX_INPUT
 from rfjax.prepare import constant_input
 
 
@@ -101,7 +102,7 @@ def sweep_layers(
     layers: Sequence[str] | None = None,
     params: Any = None,
     grow: bool = False,
-    max_input: int = 1024,
+    max_input: int = MAX_INPUT,
     on_row: Callable[[LayerRF], None] | None = None,
 ) -> list[LayerRF]:
     """RF size, stride, offset and padding of every spatial layer.

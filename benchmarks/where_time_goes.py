@@ -103,7 +103,7 @@ def layers(repeats: int, batch: int = 81) -> dict:
 def memory(repeats: int) -> dict:
     params = readme_params()
     x = np.ones((1,) + README_INPUT, np.float32)
-    xb = engine._as_batch(x)
+    xb = engine.as_batch(x)
     shapes = [(1, 16, 16, 128)]
     full = engine.memory_per_chunk(readme_net, params, xb, shapes, 81)
     budget = full // 4

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from converters._graph import Graph, Ref, _map
+from converters._graph import Graph, refs_in
 
 Bound = tuple[int, int, int, int]  # (size_h, size_w, stride_h, stride_w)
 _GLOBAL = object()  # a node that depends on the input through global nodes only
@@ -48,8 +48,7 @@ def rf_bounds(graph: Graph, global_nodes: frozenset[str]) -> dict[str, Bound | N
         if node.name in global_nodes:
             out[node.name] = _GLOBAL
             continue
-        refs: list[str] = []
-        _map(lambda v, acc=refs: acc.append(v.node) if isinstance(v, Ref) else None, (node.args, node.kwargs))
+        refs = [r.node for r in refs_in((node.args, node.kwargs))]
         local = [out.get(r) for r in refs if out.get(r) is not _GLOBAL]
         if not local:  # fed by global nodes only (an SE branch after its pooling)
             out[node.name] = _GLOBAL

@@ -168,9 +168,9 @@ class _Walker:
         keras = self.keras
         name = self._unique(prefix + op.name + (f":{call_index}" if call_index else ""))
         if isinstance(op, keras.Sequential):
-            out = [self.sequential(op, name + "/", _refs(args)[0])]
+            out = [self.sequential(op, name + "/", refs_in(args)[0])]
         elif isinstance(op, keras.Model) and hasattr(op, "_nodes_by_depth"):
-            out = self.functional(op, name + "/", _refs(args))
+            out = self.functional(op, name + "/", refs_in(args))
         elif isinstance(op, keras.Model):
             raise RFError(
                 f"layer {name!r} is a subclassed keras.Model ({type(op).__name__}) whose graph Keras does not "
@@ -205,8 +205,8 @@ class _Walker:
                 def ref(v: Any) -> Any:
                     return tensors[id(v)] if isinstance(v, keras.KerasTensor) else _constant(v)
 
-                args = _map(ref, tuple(node.arguments.args))
-                kwargs = _map(ref, dict(node.arguments.kwargs))
+                args = map_refs(ref, tuple(node.arguments.args))
+                kwargs = map_refs(ref, dict(node.arguments.kwargs))
                 for t, r in zip(node.outputs, self.call(op, prefix, k, args, kwargs, len(node.outputs))):
                     tensors[id(t)] = r
         return [tensors[id(t)] for t in model.outputs]
@@ -219,10 +219,10 @@ class _Walker:
         return x
 
 
-def _refs(args: tuple) -> list[Ref]:
-    """The Refs among a nested model's call arguments, flattened in order."""
+def refs_in(tree: Any) -> list[Ref]:
+    """The :class:`Ref` leaves of nested call arguments (tuples, lists, dicts), in order."""
     out: list[Ref] = []
-    _map(lambda v: out.append(v) if isinstance(v, Ref) else None, args)
+    map_refs(lambda v: out.append(v) if isinstance(v, Ref) else None, tree)
     return out
 
 
@@ -231,11 +231,12 @@ def _drop_keras_kwargs(kwargs: dict) -> dict:
     return {k: v for k, v in kwargs.items() if k not in ("training", "mask")}
 
 
-def _map(fn, tree: Any) -> Any:
+def map_refs(fn: Any, tree: Any) -> Any:
+    """``fn`` applied to every leaf of nested call arguments (tuples, lists, dicts)."""
     if isinstance(tree, (list, tuple)):
-        return type(tree)(_map(fn, v) for v in tree)
+        return type(tree)(map_refs(fn, v) for v in tree)
     if isinstance(tree, dict):
-        return {k: _map(fn, v) for k, v in tree.items()}
+        return {k: map_refs(fn, v) for k, v in tree.items()}
     return fn(tree)
 
 

@@ -11,7 +11,7 @@ import numpy as np
 
 from converters import _collapse
 from converters._geometry import rf_bounds
-from converters._graph import Graph, Ref, _map
+from converters._graph import Graph, Ref, map_refs, refs_in
 from converters._registry import check_name, lookup, supported_layers
 from rfjax._types import HW
 from rfjax.contract import ConvertedModel, RFBound
@@ -149,8 +149,8 @@ class KerasModel(ConvertedModel):
         supports-only backward rule (for shape traces, where it only costs time)."""
         env: dict[str, list] = {self._graph.input: [x]}
         for node in plan:
-            args = _map(lambda v: _value(env, v), node.args)
-            kwargs = _map(lambda v: _value(env, v), node.kwargs)
+            args = map_refs(lambda v: _value(env, v), node.args)
+            kwargs = map_refs(lambda v: _value(env, v), node.kwargs)
             out = self._fns[node.layer](params.get(node.layer, {}), *args, **kwargs)
             if node.name in self._hold:
                 out = jax.tree.map(jax.lax.stop_gradient, out)
@@ -302,11 +302,7 @@ class KerasModel(ConvertedModel):
             return frozenset()
         found = set()
         for node in plan:
-            inputs: list = []
-            _map(
-                lambda v, acc=inputs: acc.append(v.node) if isinstance(v, Ref) else None,
-                (node.args, node.kwargs),
-            )
+            inputs = [r.node for r in refs_in((node.args, node.kwargs))]
             varies = any(small[i] != large[i] for i in inputs)
             if varies and small[node.name] == large[node.name]:
                 found.add(node.name)
@@ -325,7 +321,7 @@ class KerasModel(ConvertedModel):
                 continue
             needed.add(name)
             node = by_name[name]
-            _map(lambda v: stack.append(v.node) if isinstance(v, Ref) else None, (node.args, node.kwargs))
+            stack.extend(r.node for r in refs_in((node.args, node.kwargs)))
         return needed
 
     def _schedule(self) -> tuple:

@@ -55,7 +55,7 @@ def _rebuild(like: Any, leaves: list[Any]) -> Any:
     return leaves[0]
 
 
-def _as_batch(x: Any) -> jax.Array:
+def as_batch(x: Any) -> jax.Array:
     try:
         arr = jnp.asarray(x, dtype=jnp.float32)
     except (TypeError, ValueError) as e:
@@ -334,7 +334,9 @@ def chunk_for_budget(
 # --------------------------------------------------------------------------- requests
 
 
-def _channel_vector(channels: Any, co: int, label: str) -> np.ndarray:
+def channel_vector(channels: Any, co: int, label: str) -> np.ndarray:
+    """``(Co,)`` channel weights of a one-hot mask: ones for ``channels=None``, else ones
+    at the given channel indices; ``label`` names the output in the refusal."""
     vec = np.zeros((co,), np.float32)
     if channels is None:
         vec[:] = 1.0
@@ -400,6 +402,97 @@ def _span(idx: np.ndarray) -> tuple[int, int]:
 # --------------------------------------------------------------------------- public
 
 
+class Plan(NamedTuple):
+    """One function's outputs at one input, ready to run slots through the engine.
+
+    Attributes:
+      fn, params, x: the function (restricted to the requested outputs), its
+        parameters (``None``: ``fn(x)``) and the ``(1, H, W, C)`` input.
+      names: every output's name (dict key, list index, ``None`` for one array).
+      shapes: every output's ``(1, Ho, Wo, Co)``.
+      selected: indices into ``names`` of the requested outputs.
+      chans: per output, the ``(Co,)`` channel weights of its one-hot masks.
+      input_channels, n_devices, max_memory: as for :func:`gradient_maps`.
+    """
+
+    fn: Callable
+    params: Any
+    x: jax.Array
+    names: list
+    shapes: list
+    selected: list
+    chans: list
+    input_channels: InputChannels
+    n_devices: int
+    max_memory: int | None
+
+    @property
+    def input_shape(self) -> HW:
+        """``(H, W)`` of the input."""
+        return HW(int(self.x.shape[1]), int(self.x.shape[2]))
+
+    def grid(self, k: int) -> tuple[int, int]:
+        """``(Ho, Wo)`` of output ``k``."""
+        return (int(self.shapes[k][1]), int(self.shapes[k][2]))
+
+    def run_slots(self, masks: list[np.ndarray], chans: list[np.ndarray] | None = None, fast: bool = False):
+        """Gradients ``(S, H, W[, C])`` of ``S`` slots, ``masks[o]``: ``(S, Ho, Wo, k)``
+        for every output ``o`` (one forward pass, equal chunks under the memory budget)."""
+        return _run_slots(
+            self.fn,
+            self.params,
+            self.x,
+            masks,
+            self.chans if chans is None else chans,
+            input_channels=self.input_channels,
+            n_devices=self.n_devices,
+            fast=fast,
+            max_memory=self.max_memory,
+        )
+
+    def run_many(self, per_output: dict[int, np.ndarray], fast: bool = False) -> dict[int, np.ndarray]:
+        """Slots of several outputs in one call: ``{k: masks (S_k, Ho_k, Wo_k, 1)}`` ->
+        ``{k: gradients (S_k, H, W[, C])}``; each slot feeds only its own output."""
+        return _run_many(lambda m, c: self.run_slots(m, c, fast), self.shapes, self.chans, per_output)
+
+
+def plan(
+    fn: Callable,
+    x: Any,
+    *,
+    params: Any = None,
+    outputs: Sequence[str | int] | None = None,
+    channels: Any = None,
+    input_channels: InputChannels = "abs_sum",
+    max_memory: int | None = None,
+    devices: int | None = None,
+    fast: bool = False,
+) -> Plan:
+    """Trace ``fn`` on ``x`` once and return the :class:`Plan` that runs its slots.
+
+    Arguments as for :func:`gradient_maps`; ``fast`` traces the forward program that
+    compiles at XLA:CPU's lowest optimisation level (for one short run). Raises
+    :class:`~rfjax.errors.RFError` for outputs that are not NHWC feature maps, unknown
+    output names, channels outside an output and bad budgets or device counts.
+    """
+    if input_channels not in _INPUT_CHANNELS:
+        raise RFError(f"input_channels={input_channels!r} is not one of {_INPUT_CHANNELS}.")
+    xb = as_batch(x)
+    fn = restrict(fn, outputs, params is not None)
+    _, names, shapes = output_shapes(fn, xb, params, fast=fast)
+    selected = _select_outputs(names, outputs)
+    chans = [
+        channel_vector(channels if k in selected else None, s[3], _label(names[k])) for k, s in enumerate(shapes)
+    ]
+    budget = memory.check_budget(max_memory)
+    return Plan(fn, params, xb, names, shapes, selected, chans, input_channels, _device_count(devices), budget)
+
+
+def one_hot(cells: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
+    """One-hot slot masks ``(n, Ho, Wo, 1)`` for ``(n, 2)`` grid cells."""
+    return _one_hot(np.asarray(cells), grid)
+
+
 def gradient_maps(
     fn: Callable,
     x: Any,
@@ -447,24 +540,20 @@ def gradient_maps(
       ``(n, H, W[, C])``), or a dict ``{output name: GradientMaps}`` for dict/list
       outputs.
     """
-    if input_channels not in _INPUT_CHANNELS:
-        raise RFError(f"input_channels={input_channels!r} is not one of {_INPUT_CHANNELS}.")
     if strategy not in ("auto", "dense", "packed"):
         raise RFError(f"strategy={strategy!r} is not one of ('auto', 'dense', 'packed').")
-    xb = _as_batch(x)
-    fn = restrict(fn, outputs, params is not None)
-    _, names, shapes = output_shapes(fn, xb, params)
-    selected = _select_outputs(names, outputs)
-    n_dev = _device_count(devices)
-    hw = HW(int(xb.shape[1]), int(xb.shape[2]))
-    chans = [
-        _channel_vector(channels if k in selected else None, s[3], _label(names[k]))
-        for k, s in enumerate(shapes)
-    ]
-    budget = memory.check_budget(max_memory)
-    run = functools.partial(
-        _run_slots, fn, params, xb, input_channels=input_channels, n_devices=n_dev, max_memory=budget
+    p = plan(
+        fn,
+        x,
+        params=params,
+        outputs=outputs,
+        channels=channels,
+        input_channels=input_channels,
+        max_memory=max_memory,
+        devices=devices,
     )
+    names, shapes, selected, chans, hw = p.names, p.shapes, p.selected, p.chans, p.input_shape
+    run = p.run_slots
 
     if cotangents is not None:
         return _custom_cotangents(run, names, shapes, selected, cotangents, hw)

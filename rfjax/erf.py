@@ -207,7 +207,7 @@ def effective_rf(
       An :class:`EffectiveRF`.
     """
     from rfjax.activation_maps import _check_images, _layer_only, _output_index
-    from rfjax.engine import _channel_vector
+    from rfjax.engine import channel_vector
     from rfjax.fit import receptive_field
 
     if not isinstance(mass, (int, float)) or not 0 < mass < 1:
@@ -238,7 +238,7 @@ def effective_rf(
         raise RFError(f"cell={cell!r} is outside the {ho}x{wo} grid; pass (i, j) with 0 <= i < {ho} and 0 <= j < {wo}.")
     one = _layer_only(base, params is not None, index)
     ct = np.zeros((ho, wo, co), np.float32)
-    ct[c] = _channel_vector(channels, co, "the output" if output is None else f"output {output!r}")
+    ct[c] = channel_vector(channels, co, "the output" if output is None else f"output {output!r}")
     m = _mean_map(_program(one, params is not None, bool(squared)), params, xs, ct, max_memory)
     if not np.isfinite(m).all():
         raise RFError(f"the input gradient of cell {c} is not finite; check the model and its inputs.")

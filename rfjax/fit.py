@@ -456,63 +456,55 @@ def _input_shape(input_shape: Sequence[int] | None, x: Any) -> tuple[int, int, i
 
 
 def _fit_all(fn: Callable, params: Any, x: Any, method: str, outputs, channels, strict: bool = False):
+    """Fit every requested output of ``fn`` at ``x``: cell by cell (``"cells"``), or
+    from grid lines (``"lines"``; a growing fit first tries three central lines)."""
     if method == "cells":
         maps = engine.gradient_maps(fn, x, params=params, outputs=outputs, channels=channels, strategy="auto")
         if isinstance(maps, GradientMaps):
             return fit_maps(maps, strict)
         return {k: fit_maps(m, strict) for k, m in maps.items()}
-    xb = engine._as_batch(x)
-    fn = engine.restrict(fn, outputs, params is not None)
+    hw = engine.as_batch(x).shape[1:3]
     # a growing fit's central-lines pass runs once: compile it fast where that pays
-    fast = strict and xb.shape[1] * xb.shape[2] <= engine.FAST_COMPILE_MAX_PIXELS
-    _, names, shapes = engine.output_shapes(fn, xb, params, fast=fast)
-    selected = engine._select_outputs(names, outputs)
-    chans = [
-        engine._channel_vector(channels if k in selected else None, s[3], _label(names[k]))
-        for k, s in enumerate(shapes)
-    ]
-    hw = HW(int(xb.shape[1]), int(xb.shape[2]))
-    grids = {k: (shapes[k][1], shapes[k][2]) for k in selected}
-
-    def runner(fast: bool = False) -> Callable:
-        return functools.partial(
-            engine._run_slots,
-            fn,
-            params,
-            xb,
-            input_channels="abs_sum",
-            n_devices=engine._device_count(None),
-            fast=fast,
-        )
-
-    out = {}
+    fast = strict and hw[0] * hw[1] <= engine.FAST_COMPILE_MAX_PIXELS
+    plan = engine.plan(fn, x, params=params, outputs=outputs, channels=channels, fast=fast)
+    grids = {k: plan.grid(k) for k in plan.selected}
+    out: dict = {}
     if strict:  # growing: three central lines per axis, one small pass, no chunking probes
-        out = _fit_central_all(runner(fast=fast), shapes, chans, names, grids, hw)
-        grids = {k: g for k, g in grids.items() if names[k] not in out}
-        if not grids:
-            return out[None] if names == [None] else out
-    run = runner()
+        out = _fit_central_all(plan, grids, fast)
+        grids = {k: g for k, g in grids.items() if plan.names[k] not in out}
+    for k, rf in _fit_lines(plan, grids, strict).items():
+        out[plan.names[k]] = rf if rf is not None else _fit_cells(fn, x, params, plan.names, k, channels, strict)
+    return out[None] if plan.names == [None] else out
+
+
+def _fit_lines(plan: engine.Plan, grids: dict, strict: bool) -> dict:
+    """``{k: ReceptiveField}`` from one pass over every grid row and column of each
+    output ``k`` (``None`` for an output whose RF is not a product of row and column
+    sets: the probe cells say so)."""
+    if not grids:
+        return {}
     probes = {k: _probe_cells(g) for k, g in grids.items()}
     seen: dict = {}
-    run_lines = _with_probes(run, shapes, chans, names, grids, probes, seen)
-    lines = line_supports(run_lines, grids, tuple(hw))
+    lines = line_supports(_with_probes(plan, grids, probes, seen), grids, tuple(plan.input_shape))
+    out: dict = {}
     for k, g in grids.items():
+        out[k] = None
         if _is_product(np.abs(seen[k]) > 0, probes[k], *lines[k]):
             rows, cols = (np.arange(g[0]), lines[k][0]), (np.arange(g[1]), lines[k][1])
-            out[names[k]] = fit(rows, cols, hw, HW(*g), method="lines", name=names[k], strict=strict)
-        else:  # an RF that is not a product of row and column sets: fit cell by cell
-            maps = engine.gradient_maps(
-                fn,
-                x,
-                params=params,
-                outputs=[names[k]] if names != [None] else None,
-                channels=channels,
-            )
-            out[names[k]] = fit_maps(maps[names[k]] if isinstance(maps, dict) else maps, strict)
-    return out[None] if names == [None] else out
+            name = plan.names[k]
+            out[k] = fit(rows, cols, plan.input_shape, HW(*g), method="lines", name=name, strict=strict)
+    return out
 
 
-def _fit_central_all(run: Callable, shapes: list, chans: list, names: list, grids: dict, hw: HW) -> dict:
+def _fit_cells(fn: Callable, x: Any, params: Any, names: list, k: int, channels: Any, strict: bool):
+    """Output ``k`` fitted cell by cell (an RF that is not a product of row and column sets)."""
+    maps = engine.gradient_maps(
+        fn, x, params=params, outputs=[names[k]] if names != [None] else None, channels=channels
+    )
+    return fit_maps(maps[names[k]] if isinstance(maps, dict) else maps, strict)
+
+
+def _fit_central_all(plan: engine.Plan, grids: dict, fast: bool) -> dict:
     """``{name: ReceptiveField}`` for the outputs whose three central lines per axis fit
     (:func:`fit_central`) and whose off-diagonal probe cell shows a product RF;
     the others are left to the full lines pass. Raises ``_TooSmall`` when the middle
@@ -520,33 +512,32 @@ def _fit_central_all(run: Callable, shapes: list, chans: list, names: list, grid
     centre = {k: central_index(g) for k, g in grids.items() if min(g) >= 3}
     probes = {k: np.array([(k0 - 1, k0 + 1)]) for k, k0 in centre.items()}
     seen: dict = {}
-    run_lines = _with_probes(run, shapes, chans, names, grids, probes, seen)
+    run_lines = _with_probes(plan, grids, probes, seen, fast)
     out = {}
     for k, (index, rows, cols) in central_lines(run_lines, grids).items():
-        rf = fit_central(index, rows, cols, hw, HW(*grids[k]), name=names[k])
+        name = plan.names[k]
+        rf = fit_central(index, rows, cols, plan.input_shape, HW(*grids[k]), name=name)
         pos = {i: n for n, i in enumerate(index)}
         full_rows, full_cols = [None] * grids[k][0], [None] * grids[k][1]
         for i in index:
             full_rows[i], full_cols[i] = rows[pos[i]], cols[pos[i]]
         if rf is not None and _is_product(np.abs(seen[k]) > 0, probes[k], full_rows, full_cols):
-            out[names[k]] = rf
+            out[name] = rf
     return out
 
 
-def _with_probes(
-    run: Callable, shapes: list, chans: list, names: list, grids: dict, probes: dict, seen: dict
-) -> Callable:
+def _with_probes(plan: engine.Plan, grids: dict, probes: dict, seen: dict, fast: bool = False) -> Callable:
     """``run_many`` for :mod:`rfjax.lines` (``{k: masks} -> {k: gradients}``, checked for
     NaN and zero maps) on which the ``probes[k]`` cells ride along with the first call
     (one forward pass fewer); their maps land in ``seen[k]``."""
 
     def run_lines(per_output: dict) -> dict:
-        extra = {} if seen else {k: engine._one_hot(c, grids[k]) for k, c in probes.items()}
+        extra = {} if seen else {k: engine.one_hot(c, grids[k]) for k, c in probes.items()}
         both = {k: np.concatenate([per_output[k], extra[k]]) if k in per_output else extra[k] for k in extra}
         both.update({k: m for k, m in per_output.items() if k not in extra})
-        got = engine._run_many(run, shapes, chans, both)
+        got = plan.run_many(both, fast=fast)
         for k, g in got.items():
-            _check_maps(g, np.abs(g) > 0, names[k])
+            _check_maps(g, np.abs(g) > 0, plan.names[k])
         seen.update({k: got[k][len(got[k]) - len(extra[k]) :] for k in extra})
         return {k: got[k][: len(per_output[k])] for k in per_output}
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 
 import numpy as np
 from matplotlib.axes import Axes
@@ -26,16 +25,12 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from rfjax._types import GradientMaps, ReceptiveField
+from rfjax.canvas import check_image, check_save, finish, frame, legend_below, new_figure
 from rfjax.errors import RFError
 
 __all__ = ["gradient_at", "rf_grid"]
 
-#: Resolution of the PNG files written by ``save=``.
-DPI = 100
-#: Default figure size in inches (640 x 480 pixels at :data:`DPI`).
-FIGSIZE = (6.4, 4.8)
-#: Fraction of the larger image side added around the image so clipped rectangles show.
-MARGIN = 0.05
+from rfjax.canvas import DPI, FIGSIZE, MARGIN  # noqa: F401 - re-exported figure constants
 
 _CELL_COLOURS = ("tab:red", "tab:green", "tab:blue", "tab:orange", "tab:purple", "tab:brown", "tab:pink")
 
@@ -70,7 +65,7 @@ def gradient_at(
       RFError: ``cell`` outside the grid or not computed, ``rf`` of another grid or input size,
         or ``save`` not in an existing, writable folder.
     """
-    path = _check_save(save)
+    path = check_save(save)
     grid = _hw_int(maps.output_shape)
     cell = _check_cell(cell, grid, "cell")
     try:
@@ -97,7 +92,7 @@ def gradient_at(
             f"for a {grid} grid on a {(h, w)} input; pass the RF fitted from these maps."
         )
 
-    fig, ax = _figure(ax)
+    fig, ax = new_figure(ax)
     finite = g[np.isfinite(g)]
     lo = float(finite.min()) if finite.size else 0.0
     hi = float(finite.max()) if finite.size else 0.0
@@ -149,13 +144,13 @@ def gradient_at(
                 label=f"fitted RF {b - t:g}x{r - l:g} px",
             )
         )
-    _frame(ax, h, w)
+    frame(ax, h, w)
     if ax.get_legend_handles_labels()[0]:
-        _legend(ax)
+        legend_below(ax)
     ax.set_title(f"input gradient of cell {cell}\nof {_name(maps.name)}{note}")
     ax.set_xlabel("w (column)")
     ax.set_ylabel("h (row)")
-    return _finish(fig, path)
+    return finish(fig, path)
 
 
 def rf_grid(
@@ -191,16 +186,16 @@ def rf_grid(
       RFError: ``image`` of the wrong shape, a cell outside the grid, or ``save`` not in an
         existing, writable folder.
     """
-    path = _check_save(save)
+    path = check_save(save)
     h, w = _hw_int(rf.input_shape)
     ho, wo = grid = _hw_int(rf.output_shape)
     if cells is None:
         chosen = list(dict.fromkeys([(0, 0), (ho // 2, wo // 2), (ho - 1, wo - 1)]))
     else:
         chosen = list(dict.fromkeys(_check_cell(c, grid, "cells") for c in cells))
-    img = None if image is None else _check_image(image, (h, w))
+    img = None if image is None else check_image(image, (h, w))
 
-    fig, ax = _figure(ax)
+    fig, ax = new_figure(ax)
     if img is None:
         ax.imshow(
             np.ones((h, w)), cmap="gray", vmin=0.0, vmax=1.0, extent=(0, w, h, 0), interpolation="nearest"
@@ -238,14 +233,14 @@ def rf_grid(
         gid="anchors",
         label=f"RF centres ({ho}x{wo})",
     )
-    _frame(ax, h, w)
-    _legend(ax)
+    frame(ax, h, w)
+    legend_below(ax)
     ax.set_title(
         f"RF of {_name(rf.name)}\nsize {_fmt(rf.size)} stride {_fmt(rf.stride)} offset {_fmt(rf.offset)}"
     )
     ax.set_xlabel("w (column)")
     ax.set_ylabel("h (row)")
-    return _finish(fig, path)
+    return finish(fig, path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -281,95 +276,3 @@ def _check_cell(cell: object, grid: tuple[int, int], arg: str) -> tuple[int, int
             f"0 <= i < {grid[0]} and 0 <= j < {grid[1]}."
         )
     return int(pair[0]), int(pair[1])
-
-
-def _check_image(image: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
-    """The image as ``(H, W)`` or ``(H, W, 3|4)`` ready for imshow, else RFError naming ``image``."""
-    a = np.asarray(image)
-    if a.ndim == 4 and a.shape[0] == 1:
-        a = a[0]
-    if a.ndim == 3 and a.shape[-1] == 1:
-        a = a[..., 0]
-    if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[-1] not in (3, 4)) or a.shape[:2] != hw:
-        raise RFError(
-            f"image has shape {a.shape} but an (H, W), (H, W, C) or (1, H, W, C) image with (H, W) = {hw} "
-            "(the input the RF was measured on) is needed; resize or crop it to that size."
-        )
-    if a.dtype == np.uint8:
-        return a
-    a = a.astype(np.float64)
-    finite = a[np.isfinite(a)]
-    if finite.size and (finite.min() < 0 or finite.max() > 1):
-        lo, hi = finite.min(), finite.max()
-        a = (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
-    return np.clip(np.nan_to_num(a), 0.0, 1.0)
-
-
-def _check_save(save: str | os.PathLike | None) -> Path | None:
-    """Fail before drawing if ``save`` cannot be written."""
-    if save is None:
-        return None
-    path = Path(os.fspath(save))
-    folder = path.parent if str(path.parent) else Path(".")
-    if path.is_dir():
-        raise RFError(f"save={str(path)!r} is a folder; pass the path of a .png file to write.")
-    if not folder.is_dir():
-        raise RFError(
-            f"save={str(path)!r} is in folder {str(folder)!r}, which does not exist; create it first."
-        )
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise RFError(
-            f"save={str(path)!r} is in folder {str(folder)!r}, which is not writable; pass another path."
-        )
-    return path
-
-
-def _figure(ax: Axes | None) -> tuple[Figure, Axes]:
-    if ax is None:
-        fig = Figure(figsize=FIGSIZE, layout="constrained")
-        return fig, fig.add_subplot()
-    return ax.figure.figure, ax  # the root figure, also when ax is in a SubFigure
-
-
-def _frame(ax: Axes, h: int, w: int) -> None:
-    """Draw the image border and set limits to the image plus a small margin (origin upper)."""
-    ax.add_patch(
-        Rectangle(
-            (0, 0),
-            w,
-            h,
-            fill=False,
-            edgecolor="black",
-            linewidth=1.0,
-            gid="image-border",
-            label="_image border",
-            zorder=4,
-        )
-    )
-    m = MARGIN * max(h, w)
-    ax.set_xlim(-m, w + m)
-    ax.set_ylim(h + m, -m)
-    ax.set_aspect("equal")
-
-
-def _legend(ax: Axes) -> None:
-    """Legend under the axes (below the x label), so it hides nothing that was drawn."""
-    ax.legend(
-        loc="upper center",
-        bbox_to_anchor=(0.5, -0.14),
-        ncols=2,
-        fontsize="small",
-        facecolor="0.85",
-        edgecolor="none",
-    )
-
-
-def _finish(fig: Figure, path: Path | None) -> Figure:
-    if path is not None:
-        try:
-            fig.savefig(path, dpi=DPI, format="png")
-        except OSError as e:
-            raise RFError(
-                f"save={str(path)!r} could not be written ({e.strerror or e}); pass another path."
-            ) from None
-    return fig

@@ -17,9 +17,9 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Circle, Ellipse, Rectangle
 
 from rfjax.activation_maps import CAMResult, cam_box
+from rfjax.canvas import check_image, check_save, finish, frame, legend_below, new_figure
 from rfjax.erf import EffectiveRF
 from rfjax.errors import RFError
-from rfjax.plot import _check_image, _check_save, _figure, _finish, _frame, _legend
 
 __all__ = ["cam_overlay", "erf_map"]
 
@@ -66,7 +66,7 @@ def cam_overlay(
       (:meth:`CAMResult.peaks`, gid ``"peak"``) and the box of its largest region above the
       threshold (:func:`rfjax.activation_maps.cam_box`, gid ``"cam-box"``).
     """
-    path = _check_save(save)
+    path = check_save(save)
     n, k = result.classes.shape
     if not isinstance(image, (int, np.integer)) or not 0 <= image < n:
         raise RFError(f"image={image!r} is outside the batch of {n}; pass an index 0..{n - 1}.")
@@ -78,7 +78,7 @@ def cam_overlay(
     if imgs.ndim != 4 or len(imgs) != n:
         raise RFError(f"images has shape {np.shape(images)}; pass the {n} images the CAMs were computed on.")
     h, w = int(result.input_shape.h), int(result.input_shape.w)
-    img = _check_image(imgs[image], (h, w))
+    img = check_image(imgs[image], (h, w))
     maps = result.normalised()[image]
     peaks = result.peaks()[image]
     fig = Figure(figsize=(PANEL * (k + 1), PANEL + 0.4), layout="constrained")
@@ -106,7 +106,7 @@ def cam_overlay(
         ax.set_xticks([])
         ax.set_yticks([])
     fig.suptitle(f"{result.method} of layer {result.layer!r}, {result.placement} placement")
-    return _finish(fig, path)
+    return finish(fig, path)
 
 
 def erf_map(erf: EffectiveRF, *, ax: Axes | None = None, save: str | os.PathLike | None = None) -> Figure:
@@ -118,9 +118,9 @@ def erf_map(erf: EffectiveRF, *, ax: Axes | None = None, save: str | os.PathLike
       ``erf.centre`` (gid ``"erf-radius"``) and the 2-sigma ellipse of the fitted Gaussian
       (gid ``"sigma"``).
     """
-    path = _check_save(save)
+    path = check_save(save)
     h, w = erf.map.shape
-    fig, ax = _figure(ax)
+    fig, ax = new_figure(ax)
     im = ax.imshow(erf.map, cmap="viridis", extent=(0, w, h, 0), interpolation="nearest", vmin=0.0)
     ax.figure.colorbar(im, ax=ax, label="mean |input gradient|")
     if erf.rf_rect is not None:
@@ -138,10 +138,10 @@ def erf_map(erf: EffectiveRF, *, ax: Axes | None = None, save: str | os.PathLike
                 edgecolor="tab:orange", linewidth=1.5, gid="sigma",
                 label=f"Gaussian 2 sigma ({erf.sigma.h:.1f}, {erf.sigma.w:.1f}) px")
     )
-    _frame(ax, h, w)
-    _legend(ax)
+    frame(ax, h, w)
+    legend_below(ax)
     name = "the output" if erf.name is None else f"{erf.name!r}"
     ax.set_title(f"effective RF of cell {erf.cell} of {name}\nover {erf.n_inputs} input(s)")
     ax.set_xlabel("w (column)")
     ax.set_ylabel("h (row)")
-    return _finish(fig, path)
+    return finish(fig, path)

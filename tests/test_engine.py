@@ -106,7 +106,7 @@ def test_several_feature_maps_in_one_call(kernel):
 def test_memory_budget_splits_into_chunks_with_the_same_answer():
     fn = conv_fn(np.ones((5, 5, 3, 16), np.float32))
     x = np.ones((40, 40, 3), np.float32)
-    xb = engine._as_batch(x)
+    xb = engine.as_batch(x)
     shapes = [(1, 36, 36, 16)]
     one_cell = engine.memory_per_chunk(fn, None, xb, shapes, 1)
     all_cells = engine.memory_per_chunk(fn, None, xb, shapes, 36 * 36)

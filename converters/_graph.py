@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from rfjax.errors import RFError
+from rfjax.errors import RFError, cause
 
 
 @dataclass(frozen=True)
@@ -80,18 +80,33 @@ def load(path: str | os.PathLike, safe_mode: bool) -> Any:
     p = Path(path)
     if not p.exists():
         raise RFError(f"model file {str(p)!r} does not exist.")
+    if safe_mode and '"Lambda"' in _saved_config(p):
+        raise RFError(
+            f"model file {str(p)!r} contains a Lambda layer (arbitrary Python code), which Keras' safe mode "
+            "refuses to load; pass safe_mode=False only if you trust the file."
+        )
     try:
         return keras.saving.load_model(p, compile=False, safe_mode=safe_mode)
-    except Exception as e:  # noqa: BLE001 - Keras raises many types for bad files
-        msg = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        if "lambda" in str(e).lower() and "safe" in str(e).lower():
-            raise RFError(
-                f"model file {str(p)!r} contains a Lambda layer (arbitrary Python code), which Keras' safe mode "
-                "refuses to load; pass safe_mode=False only if you trust the file."
-            ) from None
-        raise RFError(
-            f"could not load a Keras model from {str(p)!r} ({type(e).__name__}: {msg[:200]})."
-        ) from None
+    except Exception as e:  # Keras raises many types for bad files
+        raise RFError(f"could not load a Keras model from {str(p)!r} ({cause(e)}).") from e
+
+
+def _saved_config(p: Path) -> str:
+    """The model config JSON stored in a ``.keras`` archive or an ``.h5`` file ("" when
+    it cannot be read: Keras' own loader then says what is wrong with the file)."""
+    import zipfile
+
+    try:
+        if zipfile.is_zipfile(p):
+            with zipfile.ZipFile(p) as z:
+                return z.read("config.json").decode("utf-8", "replace")
+        import h5py
+
+        with h5py.File(p, "r") as f:
+            config = f.attrs.get("model_config", "")
+            return config.decode("utf-8", "replace") if isinstance(config, bytes) else str(config)
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+        return ""
 
 
 def _numpy(value: Any) -> np.ndarray:

@@ -39,11 +39,11 @@ def _build(
             if one_channel:
                 fns[key] = _collapse.wrap(layer.class_name, cfg, fns[key])
         except RFError as e:
-            raise RFError(f"layer {key!r} ({layer.class_name}): {e}") from None
+            raise RFError(f"layer {key!r} ({layer.class_name}): {e}") from e
         except (KeyError, TypeError, ValueError) as e:
             raise RFError(
                 f"layer {key!r} ({layer.class_name}) could not be converted ({type(e).__name__}: {e})."
-            ) from None
+            ) from e
         if p:
             params[key] = {k: _host_array(v) for k, v in p.items()}
     # one transfer for the whole tree: jnp.asarray per weight compiled a conversion

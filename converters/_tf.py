@@ -37,7 +37,7 @@ def _import_tf() -> tuple[Any, Any]:
     except ImportError as e:
         raise RFError(
             f"from_tf needs tensorflow and tf2jax ({e}); install them with pip install 'rfjax[keras]'."
-        ) from None
+        ) from e
     return tf, tf2jax
 
 
@@ -97,7 +97,7 @@ class _Source:
             unsupported = re.search(r"Unsupported operations in graph: \[(.*?)\]", str(e))
             if unsupported:
                 ops = unsupported.group(1).replace("'", "")
-                raise RFError(f"TensorFlow op(s) {ops} have no tf2jax converter; {_DOCS}.") from None
+                raise RFError(f"TensorFlow op(s) {ops} have no tf2jax converter; {_DOCS}.") from e
             raise RFError(
                 f"the TensorFlow function could not be converted with tf2jax ({_first_line(e)}); {_DOCS}."
             ) from e
@@ -146,7 +146,7 @@ def _load_signature(path: str | os.PathLike, signature: str) -> tuple[Any, Any]:
     try:
         loaded = tf.saved_model.load(path)
     except (OSError, ValueError, tf.errors.OpError) as e:  # corrupt protos, missing variable files
-        raise RFError(f"{path!r} could not be loaded as a SavedModel ({_first_line(e)}).") from None
+        raise RFError(f"{path!r} could not be loaded as a SavedModel ({_first_line(e)}).") from e
     signatures = dict(loaded.signatures)
     if signature not in signatures:
         has = (

@@ -30,7 +30,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from rfjax.errors import RFError, RFTooLarge, RFWriteError
+from rfjax.errors import RFError, RFTooLarge, RFWriteError, cause
 from rfjax.growth import MAX_INPUT
 
 FORMAT = "rfjax-sweep/2"  # 2: input_shape is the requested size, measured_shape where it was measured
@@ -68,11 +68,11 @@ def load_spec(path: str | os.PathLike) -> list[Arch]:
     except OSError as e:
         raise RFError(
             f"spec file {os.fspath(path)!r} cannot be read ({e.strerror}); check the path."
-        ) from None
+        ) from e
     except json.JSONDecodeError as e:
         raise RFError(
             f"spec file {os.fspath(path)!r} is not valid JSON (line {e.lineno}: {e.msg})."
-        ) from None
+        ) from e
     if not isinstance(data, dict) or "architectures" not in data:
         raise RFError(
             f"spec file {os.fspath(path)!r} needs a top-level key 'architectures' with a list of entries."
@@ -184,7 +184,7 @@ def _read_file(out: Path) -> list[dict]:
     except FileNotFoundError:
         return []
     except OSError as e:
-        raise RFError(f"out={os.fspath(out)!r} cannot be read ({e.strerror}).") from None
+        raise RFError(f"out={os.fspath(out)!r} cannot be read ({e.strerror}).") from e
     if not lines or not lines[0].strip():
         return []
     try:
@@ -447,7 +447,7 @@ def _fail(log: _Log, done: set, key: str, arch: Arch, shape, process: int, e: Ba
         "layer": None,
         "status": "error",
         "process": process,
-        "error": f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"[:500],
+        "error": cause(e, limit=500),
     }
     log.append(rec)
     done.add(key)

@@ -28,7 +28,7 @@ def _demo(args: argparse.Namespace) -> int:
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise RFError(f"--out {out} cannot be created ({e.strerror}); pass a writable folder.") from None
+        raise RFError(f"--out {out} cannot be created ({e.strerror}); pass a writable folder.") from e
     model = readme_net(seed=args.seed)
     shape = (args.size, args.size, 3)
     t0 = time.perf_counter()
@@ -190,7 +190,7 @@ def _read_image(path: str, hw: tuple[int, int], scale: float) -> np.ndarray:
     except (OSError, ValueError, SyntaxError) as e:
         raise RFError(
             f"image {path!r} cannot be read ({type(e).__name__}); pass PNG or JPEG files."
-        ) from None
+        ) from e
     if img.dtype.kind == "f" and img.max() > 1.0:
         img = img / 255.0
     if img.ndim == 2:

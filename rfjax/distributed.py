@@ -19,7 +19,7 @@ import subprocess
 import time
 from collections.abc import Callable, Sequence
 
-from rfjax.errors import RFError
+from rfjax.errors import RFError, cause
 
 BARRIER_TIMEOUT_S = 7 * 24 * 3600  # the fastest process may wait this long for the slowest
 
@@ -56,11 +56,10 @@ def initialize(coordinator: str, num_processes: int, process_id: int, *, timeout
             initialization_timeout=timeout_s,
         )
     except RuntimeError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise RFError(
-            f"process {process_id} of {num_processes} could not join the job at {coordinator} ({first[:200]}); "
+            f"process {process_id} of {num_processes} could not join the job at {coordinator} ({cause(e)}); "
             "start every process with the same coordinator and num_processes, before any JAX computation."
-        ) from None
+        ) from e
 
 
 def barrier(name: str, timeout_s: float = BARRIER_TIMEOUT_S) -> None:
@@ -78,11 +77,10 @@ def barrier(name: str, timeout_s: float = BARRIER_TIMEOUT_S) -> None:
 
     try:
         distributed.global_state.client.wait_at_barrier(name, int(timeout_s * 1000))
-    except Exception as e:  # noqa: BLE001 - the runtime raises its own error types
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    except Exception as e:  # the runtime raises its own error types
         raise RFError(
-            f"process {jax.process_index()} gave up waiting at barrier {name!r} ({first[:200]})."
-        ) from None
+            f"process {jax.process_index()} gave up waiting at barrier {name!r} ({cause(e)})."
+        ) from e
 
 
 def free_port() -> int:

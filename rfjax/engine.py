@@ -27,7 +27,7 @@ import numpy as np
 
 from rfjax import memory
 from rfjax._types import HW, GradientMaps
-from rfjax.errors import RFCallError, RFError
+from rfjax.errors import RFCallError, RFError, cause
 from rfjax.lines import line_supports
 
 InputChannels = str  # "abs_sum" | "sum" | "keep"
@@ -123,12 +123,11 @@ def output_shapes(
         struct, _ = _forward(fn, params is not None, _device_count(None), fast).eval_shape(params, x)
     except RFError:
         raise
-    except Exception as e:  # noqa: BLE001 - any failure inside the user's function
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    except Exception as e:  # any failure inside the user's function
         raise RFCallError(
-            f"fn failed on an input of shape {tuple(x.shape)} ({type(e).__name__}: {msg[:200]}); "
+            f"fn failed on an input of shape {tuple(x.shape)} ({cause(e)}); "
             "check input_shape against the model (too-small inputs break 'valid' layers)."
-        ) from None
+        ) from e
     names, leaves = _flatten_outputs(struct)
     shapes = []
     for name, leaf in zip(names, leaves):

@@ -27,7 +27,7 @@ import numpy as np
 from rfjax import memory
 from rfjax._types import HW, ReceptiveField
 from rfjax.contract import as_function
-from rfjax.errors import RFError
+from rfjax.errors import RFError, cause
 
 __all__ = ["EffectiveRF", "effective_rf"]
 
@@ -217,11 +217,10 @@ def effective_rf(
     bound = base if params is None else functools.partial(base, params)
     try:
         struct = jax.eval_shape(bound, jnp.asarray(xs[:1]))
-    except Exception as e:  # noqa: BLE001 - any failure inside the user's function
-        msg = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    except Exception as e:  # any failure inside the user's function
         raise RFError(
-            f"fn failed on inputs of shape {xs.shape[1:]} ({type(e).__name__}: {msg[:200]}); pass inputs of the shape it expects."
-        ) from None
+            f"fn failed on inputs of shape {xs.shape[1:]} ({cause(e)}); pass inputs of the shape it expects."
+        ) from e
     leaves = jax.tree_util.tree_leaves(struct)
     if output is None:
         if len(leaves) != 1:

@@ -58,3 +58,12 @@ class RFZeroGradient(RFError):
 class RFWriteError(RFError):
     """A result file could not be written (disk full, read-only folder, a directory in
     its place); every row finished before it is kept."""
+
+
+def cause(e: BaseException, limit: int = 200) -> str:
+    """``"TypeName: first line of the message"`` (cut at ``limit`` characters): how a
+    one-sentence rfjax error quotes the exception that caused it (the whole exception
+    stays chained as ``__cause__``; ``rfjax --debug`` prints it)."""
+    text = str(e).strip()
+    first = text.splitlines()[0] if text else ""
+    return f"{type(e).__name__}: {first[:limit]}" if first else type(e).__name__

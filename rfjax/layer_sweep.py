@@ -20,7 +20,7 @@ import numpy as np
 
 from rfjax._types import HW
 from rfjax.contract import ConvertedModel, resolve_model
-from rfjax.errors import RFCallError, RFError, RFGlobal, RFTooLarge
+from rfjax.errors import RFCallError, RFError, RFGlobal, RFTooLarge, cause
 from rfjax.fit import receptive_field
 from rfjax.growth import MAX_INPUT
 from rfjax.prepare import constant_input
@@ -82,12 +82,11 @@ def _spatial_layers(model: Any, names: Sequence[str], shape: tuple[int, int, int
     if isinstance(model, ConvertedModel):  # its own (for Keras: one-channel) shape trace
         try:
             shapes = model.spatial_shapes(shape)
-        except Exception as e:  # noqa: BLE001 - any failure of the model at this size
-            msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+        except Exception as e:  # any failure of the model at this size
             raise RFCallError(
-                f"the model cannot run on a {shape[0]}x{shape[1]} input ({type(e).__name__}: {msg}); "
+                f"the model cannot run on a {shape[0]}x{shape[1]} input ({cause(e)}); "
                 "check input_shape against the model."
-            ) from None
+            ) from e
         dims = {n: shapes[n] for n in names}
     else:
         out = jax.eval_shape(model.with_outputs(list(names)), constant_input(shape))
@@ -225,7 +224,7 @@ def save_rows(rows: Sequence[LayerRF], path: str | os.PathLike) -> None:
         else:
             raise RFError(f"path={path!r} must end in .csv or .json.")
     except OSError as e:
-        raise RFError(f"path={path!r} cannot be written ({e.strerror}); pass a writable file.") from None
+        raise RFError(f"path={path!r} cannot be written ({e.strerror}); pass a writable file.") from e
 
 
 def plot_layers(rows: Sequence[LayerRF], *, save: str | os.PathLike | None = None):
@@ -276,5 +275,5 @@ def plot_layers(rows: Sequence[LayerRF], *, save: str | os.PathLike | None = Non
         except OSError as e:
             raise RFError(
                 f"save={os.fspath(save)!r} cannot be written ({e.strerror}); pass a writable path."
-            ) from None
+            ) from e
     return fig

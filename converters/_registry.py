@@ -32,9 +32,16 @@ Converter = Callable[[dict, dict, bool], tuple[Apply, Params]]
 _REGISTRY: dict[str, Converter] = {}
 
 
-def register(*names: str) -> Callable[[Converter], Converter]:
+def register(*names: str, replace: bool = False) -> Callable[[Converter], Converter]:
     """Decorator registering ``convert(config, weights, rf) -> (apply, params)`` under
-    one or more Keras class names (a later registration replaces an earlier one)."""
+    one or more Keras class names. A name that is already registered is refused
+    (:class:`RFError`) unless ``replace=True``: two converters for one layer would make
+    the answer depend on import order."""
+    taken = [n for n in names if n in _REGISTRY and not replace]
+    if taken:
+        raise RFError(
+            f"converters.register: {taken[0]!r} already has a converter; pass replace=True to replace it."
+        )
 
     def deco(fn: Converter) -> Converter:
         for name in names:

@@ -686,3 +686,11 @@ def test_not_a_model_and_unbuilt_model():
         converters.from_keras(42)
     with pytest.raises(RFError, match="not built"):
         converters.from_keras(keras.Sequential([layers.Dense(2)]))
+
+
+def test_registering_a_taken_name_is_refused_unless_replace_is_asked():
+    with pytest.raises(RFError, match=r"'Conv2D' already has a converter; pass replace=True"):
+
+        @converters.register("Conv2D")
+        def other(config, weights, rf):
+            return (lambda p, x: x), {}

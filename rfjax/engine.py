@@ -147,6 +147,25 @@ def output_shapes(
     return struct, names, shapes
 
 
+def forward_trace(
+    fn: Callable, x: jax.Array, *, params: Any = None, outputs: Any = None, fast: bool = False
+) -> tuple[Any, Any]:
+    """``(jaxpr, output shapes)`` of the engine's forward program for ``fn`` (restricted
+    to ``outputs``) at ``x``: traced once and cached by JAX, so the run that follows at
+    the same size compiles from this trace. Raises :class:`RFCallError` when ``fn``
+    fails there."""
+    fn = restrict(fn, outputs, params is not None)
+    forward = _forward(fn, params is not None, _device_count(None), fast)
+    try:
+        traced = forward.trace(params, x)
+        out, _ = forward.eval_shape(params, x)
+    except RFError:
+        raise
+    except Exception as e:  # any failure inside the user's function
+        raise RFCallError(f"fn failed on an input of shape {tuple(x.shape)} ({cause(e)}).") from e
+    return traced.jaxpr, out
+
+
 # --------------------------------------------------------------------------- program
 
 

@@ -361,7 +361,7 @@ def _measure_grown(
     start, step = given[:2], None
     if target.model is not None:
         start, step = _first_size(target.model, target.names, given, max_input)
-    grower = growth.Grower(target.fn, target.params, given, step)
+    grower = growth.Grower(_forward_geometry(target), given, step)
     last: Exception | None = None
     shape = given
     for shape, final in grower.sizes(start, max_input):
@@ -385,6 +385,19 @@ def _measure_grown(
     if last is not None:
         raise last
     raise RFError(f"max_input={max_input} is smaller than the input {given[0]}x{given[1]}; raise max_input.")
+
+
+def _forward_geometry(target: _Target) -> Callable[[tuple[int, int, int]], growth.Geometry]:
+    """Geometry from the engine's own forward trace at a size (the one a growing
+    measurement there compiles from, so proving a size costs no extra trace)."""
+
+    def trace(shape: tuple[int, int, int]) -> growth.Geometry:
+        x = engine.as_batch(constant_input(shape))
+        fast = shape[0] * shape[1] <= engine.FAST_COMPILE_MAX_PIXELS  # as a growing fit's central pass
+        jaxpr, out = engine.forward_trace(target.fn, x, params=target.params, outputs=target.outputs, fast=fast)
+        return growth.geometry(jaxpr, out)
+
+    return trace
 
 
 def _at_requested(

@@ -20,7 +20,7 @@ from the output grid itself: ``out(n + 1024) - out(n) = 1024 / S`` for a total s
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 import jax
@@ -81,14 +81,11 @@ def _walk(jaxpr: jcore.Jaxpr, out: list) -> None:
             _walk(sub, out)
 
 
-def geometry(fn: Callable, params: Any, shape: Sequence[int]) -> Geometry:
-    """Trace ``fn`` (``fn(params, x)`` when ``params`` is not ``None``) on a ``(1, H, W,
-    C)`` input, without compute, and read its :class:`Geometry`."""
-    x = jax.ShapeDtypeStruct((1,) + tuple(int(v) for v in shape), np.float32)
-    trace = jax.make_jaxpr(fn, return_shape=True)
-    closed, out = trace(x) if params is None else trace(params, x)
+def geometry(jaxpr: Any, out: Any) -> Geometry:
+    """The :class:`Geometry` of a traced program: ``jaxpr`` (a ``ClosedJaxpr``) and the
+    shape tree ``out`` of the function's outputs (dict, list/tuple or one array)."""
     found: list = []
-    _walk(closed.jaxpr, found)
+    _walk(jaxpr.jaxpr, found)
     if isinstance(out, dict):
         named = list(out.items())
     elif isinstance(out, (list, tuple)):
@@ -99,18 +96,36 @@ def geometry(fn: Callable, params: Any, shape: Sequence[int]) -> Geometry:
     return Geometry(tuple(found), grids)
 
 
+def trace_function(fn: Callable, params: Any) -> Callable[[tuple[int, int, int]], Geometry]:
+    """A tracer for :class:`Grower` from a plain ``fn`` (``fn(params, x)`` when
+    ``params`` is not ``None``): ``jax.make_jaxpr`` on a ``(1, H, W, C)`` input."""
+
+    def trace(shape: tuple[int, int, int]) -> Geometry:
+        x = jax.ShapeDtypeStruct((1,) + tuple(int(v) for v in shape), np.float32)
+        make = jax.make_jaxpr(fn, return_shape=True)
+        return geometry(*(make(x) if params is None else make(params, x)))
+
+    return trace
+
+
 class Grower:
     """Input sizes that keep the requested size's padding at every layer.
 
-    ``fn``/``params`` as for :func:`geometry`; ``given`` the requested ``(H, W, C)``;
-    ``step`` a per-axis step believed to be a multiple of the total stride (from
-    closed-form bounds), or ``None`` to find one from the output grid. Every size
-    :meth:`sizes` yields is proven by :meth:`keeps`; a believed step that fails the
-    proof is replaced by a found one.
+    ``trace(shape)`` gives the :class:`Geometry` of the measured function at an
+    ``(H, W, C)`` input (the engine passes its own forward trace, which the measurement
+    then reuses); ``given`` is the requested ``(H, W, C)``; ``step`` a per-axis step
+    believed to be a multiple of the total stride (from closed-form bounds), or ``None``
+    to find one from the output grid. Every size :meth:`sizes` yields is proven by
+    :meth:`keeps`; a believed step that fails the proof is replaced by a found one.
     """
 
-    def __init__(self, fn: Callable, params: Any, given: tuple[int, int, int], step: tuple[int, int] | None):
-        self.fn, self.params, self.given = fn, params, given
+    def __init__(
+        self,
+        trace: Callable[[tuple[int, int, int]], Geometry],
+        given: tuple[int, int, int],
+        step: tuple[int, int] | None,
+    ):
+        self.trace, self.given = trace, given
         self._cache: dict[tuple[int, int, int], Geometry] = {}
         self._believed = step
         self._step: tuple[int, int] | None = None
@@ -126,16 +141,17 @@ class Grower:
         """The proven per-axis growth step (``None``: none found up to 1024)."""
         if not self._found:
             self._found = True
-            believed = self._believed
-            if believed is not None and self.keeps(self._grown(1, 1, believed)):
-                self._step = believed
-            else:
-                self._step = self._find_step()
+            self._step = self._believed if self._believed is not None else self._find_step()
         return self._step
+
+    def _distrust(self) -> None:
+        """The believed step failed its proof: find one from the output grid instead."""
+        self._believed = None
+        self._step = self._find_step()
 
     def at(self, shape: tuple[int, int, int]) -> Geometry:
         if shape not in self._cache:
-            self._cache[shape] = geometry(self.fn, self.params, shape)
+            self._cache[shape] = self.trace(shape)
         return self._cache[shape]
 
     def grid(self, name: Any) -> tuple[int, int] | None:
@@ -186,6 +202,11 @@ class Grower:
         if start[0] <= self.given[0] and start[1] <= self.given[1]:
             tried.add(self.given)
             yield self.given, max(self.given[:2]) >= limit
+        yield from self._grown_sizes(start, limit, tried)
+
+    def _grown_sizes(
+        self, start: tuple[int, int], limit: int, tried: set
+    ) -> Iterator[tuple[tuple[int, int, int], bool]]:
         step = self.step
         if step is None:
             if self.given in tried and max(self.given[:2]) < limit:
@@ -200,6 +221,10 @@ class Grower:
                 tried.add(shape)
                 if self.keeps(shape):
                     yield shape, final
+                elif self._believed is not None:  # the closed-form step was wrong here
+                    self._distrust()
+                    yield from self._grown_sizes(start, limit, tried)
+                    return
             if final:
                 return
             for a in (0, 1):  # about double the size on each axis

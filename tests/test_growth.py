@@ -134,10 +134,10 @@ def test_xception_grows_but_reports_the_offset_of_the_requested_size(side):
 
 
 def test_geometry_signature_sees_same_padding_change():
-    from rfjax.growth import geometry
+    from rfjax.growth import trace_function
 
     fn = chain_fn([Layer.conv(3, 2, padding="same")], padding_mode="strings")
-    a, b, c = (geometry(fn, None, (n, n, 1)) for n in (9, 10, 11))
+    a, b, c = (trace_function(fn, None)((n, n, 1)) for n in (9, 10, 11))
     assert a.signature == c.signature  # 9 and 11 pad alike for a 3x3 stride-2 'same' conv
     assert a.signature != b.signature  # 10 does not
     assert a.grids == {None: (5, 5)}

@@ -167,13 +167,13 @@ def _keras_converter() -> Converter:
 def _torch_converter() -> Converter:
     import converters
 
-    return lambda m, shape: converters.from_torch(m, input_shape=shape)
+    return lambda m, shape: converters.from_torch(m, input_shape=shape)  # type: ignore[attr-defined]
 
 
 def _onnx_converter() -> Converter:
     import converters
 
-    return lambda m, shape: converters.from_onnx(m, input_shape=shape)
+    return lambda m, shape: converters.from_onnx(m, input_shape=shape)  # type: ignore[attr-defined]
 
 
 def _keras_file(model: Any) -> bool:
@@ -216,8 +216,13 @@ def resolve_model(model: Any, input_shape: Sequence[int] | None = None) -> Conve
                 "file, a model object or a JAX function."
             )
         return None
-    shape = None if input_shape is None else tuple(int(v) for v in input_shape)
+    shape = None if input_shape is None else _shape3(input_shape)
     return _CONVERTED.get(model, shape, convert)
+
+
+def _shape3(shape: Sequence[int]) -> Shape3:
+    h, w, c = (int(v) for v in shape)
+    return (h, w, c)
 
 
 class _ConversionCache:

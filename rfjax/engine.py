@@ -81,12 +81,12 @@ _FAST_COMPILE = {"xla_backend_optimization_level": 0}
 FAST_COMPILE_MAX_PIXELS = 2400 * 2400
 
 
-def _jit(f: Callable, fast: bool, **kw) -> Callable:
+def _jit(f: Callable, fast: bool, **kw: Any) -> Any:  # a jax.stages.Wrapped: .trace, .lower, .eval_shape
     return jax.jit(f, compiler_options=_FAST_COMPILE, **kw) if fast else jax.jit(f, **kw)
 
 
 @functools.lru_cache(maxsize=256)
-def _forward(fn: Callable, with_params: bool, n_devices: int, fast: bool = False) -> Callable:
+def _forward(fn: Callable, with_params: bool, n_devices: int, fast: bool = False) -> Any:
     """The engine's compiled forward pass ``(params, x) -> (out, vjp)``. One jitted
     function per ``fn``: :func:`output_shapes` traces it with ``eval_shape`` and the
     run that follows compiles from that same trace (a deep model's Python runs once).
@@ -129,7 +129,7 @@ def output_shapes(
             "check input_shape against the model (too-small inputs break 'valid' layers)."
         ) from e
     names, leaves = _flatten_outputs(struct)
-    shapes = []
+    shapes: list[tuple[int, ...]] = []
     for name, leaf in zip(names, leaves):
         shape = tuple(getattr(leaf, "shape", ()))
         label = "fn's output" if name is None else f"fn's output {name!r}"
@@ -180,8 +180,8 @@ class Program(NamedTuple):
     a chunked run would repeat the forward pass per chunk.
     """
 
-    forward: Callable
-    backward: Callable
+    forward: Any  # jitted (jax.stages.Wrapped): callable, .trace, .lower, .eval_shape
+    backward: Any
 
 
 @functools.lru_cache(maxsize=64)
@@ -577,7 +577,7 @@ def gradient_maps(
         return _custom_cotangents(run, names, shapes, selected, cotangents, hw)
 
     cell_arrs = {k: _cell_array(cells, (shapes[k][1], shapes[k][2]), _label(names[k])) for k in selected}
-    flats = _all_maps(run, shapes, chans, cell_arrs, strategy, tuple(hw))
+    flats = _all_maps(run, shapes, chans, cell_arrs, strategy, (int(hw.h), int(hw.w)))
     results: dict[Any, GradientMaps] = {}
     for k in selected:
         grid = (shapes[k][1], shapes[k][2])
@@ -710,7 +710,7 @@ def _packed(
     """Maps with far-apart cells sharing a backward pass; ``None`` when packing would
     not pay (and ``force`` is False), or when a gradient is not finite or escaped its
     rectangle (then the caller runs one pass per cell)."""
-    finite = []
+    finite: list[bool] = []
 
     def run_lines(per_output: dict) -> dict:
         out = _run_many(run, shapes, chans, per_output)
@@ -720,7 +720,7 @@ def _packed(
     lines = line_supports(run_lines, grids, hw)
     if not all(finite):
         return None
-    plans = {k: _packing(*lines[k], grids[k], cells[k]) for k in cells}
+    plans = {k: _packing(lines[k][0], lines[k][1], grids[k], cells[k]) for k in cells}
     n_slots = sum(p[0] for p in plans.values())
     if not force and n_slots + sum(max(g) for g in grids.values()) > (2 * sum(map(len, cells.values()))) // 3:
         return None
@@ -733,7 +733,7 @@ def _packed(
     out = {}
     for k, g in grads.items():
         n, slot = plans[k]
-        rect = _rects(*lines[k], grids[k], cells[k], g.shape[1:3])
+        rect = _rects(lines[k][0], lines[k][1], grids[k], cells[k], (int(g.shape[1]), int(g.shape[2])))
         covered = np.zeros((n,) + g.shape[1:3], bool)
         np.logical_or.at(covered, slot, rect)
         support = np.abs(g) > 0 if g.ndim == 3 else (np.abs(g) > 0).any(-1)

@@ -191,12 +191,12 @@ def _label(name: Any) -> str:
 
 
 def _check_maps(values: np.ndarray, nz: np.ndarray, name: Any) -> None:
-    nan = np.isnan(values).reshape(len(values), -1).any(axis=1)
+    nan = np.asarray(np.isnan(values).reshape(len(values), -1).any(axis=1))
     if nan.any():
         raise RFError(
             f"the input gradient of {_label(name)} is NaN for {int(nan.sum())} of {len(nan)} cells; {_PREPARE_HINT}."
         )
-    zero = ~nz.reshape(len(nz), -1).any(axis=1)
+    zero = np.asarray(~nz.reshape(len(nz), -1).any(axis=1))
     if zero.any():
         raise RFZeroGradient(
             f"the input gradient of {_label(name)} is zero for {int(zero.sum())} of {len(zero)} cells "
@@ -283,7 +283,7 @@ def receptive_field(
     target = _target(fn, params, input_shape, x, prepare, outputs, channels)
     model_shape = () if target.model is None else tuple(target.model.input_shape)
     if input_shape is None and x is None and model_shape and None not in model_shape:
-        input_shape = model_shape
+        input_shape = tuple(int(v) for v in model_shape if v is not None)
     given = _input_shape(input_shape, x)
     method = ("lines" if prepare else "cells") if method == "auto" else method
     if grow and x is None:
@@ -465,7 +465,8 @@ def _input_shape(input_shape: Sequence[int] | None, x: Any) -> tuple[int, int, i
     shape = tuple(np.shape(x))[-3:] if input_shape is None else tuple(input_shape)
     if len(shape) != 3 or not all(isinstance(v, (int, np.integer)) and v > 0 for v in shape):
         raise RFError(f"input_shape={tuple(shape)!r} must be three positive integers (H, W, C).")
-    return tuple(int(v) for v in shape)
+    h, w, c = (int(v) for v in shape)
+    return (h, w, c)
 
 
 def _fit_all(fn: Callable, params: Any, x: Any, method: str, outputs, channels, strict: bool = False):
@@ -498,7 +499,8 @@ def _fit_lines(plan: engine.Plan, grids: dict, strict: bool) -> dict:
         return {}
     probes = {k: _probe_cells(g) for k, g in grids.items()}
     seen: dict = {}
-    lines = line_supports(_with_probes(plan, grids, probes, seen), grids, tuple(plan.input_shape))
+    hw = (int(plan.input_shape.h), int(plan.input_shape.w))
+    lines = line_supports(_with_probes(plan, grids, probes, seen), grids, hw)
     out: dict = {}
     for k, g in grids.items():
         out[k] = None

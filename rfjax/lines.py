@@ -21,6 +21,7 @@ instead of 224.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -145,9 +146,9 @@ def line_supports(run_many: Callable[[dict], dict], grids: dict, input_hw: tuple
     if todo:
         out = run_many({k: _cross_masks(grids[k], *p) for k, p in todo.items()})
         for k, p in todo.items():
-            _read_slots(np.abs(out[k]) > 0, *p, *state[k], *geo[k])
+            _read_slots(np.abs(out[k]) > 0, p[0], p[1], state[k][0], state[k][1], geo[k][0], geo[k][1])
 
-    singles = {}
+    singles: dict[Any, tuple[list, list]] = {}
     for k, (rows, cols) in state.items():
         rs = [[i] for i, r in enumerate(rows) if r is None]
         cs = [[j] for j, c in enumerate(cols) if c is None]
@@ -156,7 +157,7 @@ def line_supports(run_many: Callable[[dict], dict], grids: dict, input_hw: tuple
     if singles:
         out = run_many({k: _cross_masks(grids[k], *p) for k, p in singles.items()})
         for k, p in singles.items():
-            _read_slots(np.abs(out[k]) > 0, *p, *state[k], *geo[k])
+            _read_slots(np.abs(out[k]) > 0, p[0], p[1], state[k][0], state[k][1], geo[k][0], geo[k][1])
     return state
 
 

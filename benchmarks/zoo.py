@@ -78,7 +78,7 @@ def measure(name: str) -> dict:
         size=rf.size.h,
         stride=rf.stride.h,
         padding=rf.padding.h,
-        input=rf.input_shape.h,
+        input=(rf.measured_shape or rf.input_shape).h,
         global_=rf.global_,
         bound=None if bound is None else bound[0],
         rss_gib=_rss_gib(),

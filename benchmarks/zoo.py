@@ -80,7 +80,7 @@ def measure(name: str) -> dict:
         padding=rf.padding.h,
         input=(rf.measured_shape or rf.input_shape).h,
         global_=rf.global_,
-        bound=None if bound is None else bound[0],
+        bound=None if bound is None else bound.size.h,
         rss_gib=_rss_gib(),
     )
     want = PUBLISHED.get(name)

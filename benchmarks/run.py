@@ -1,7 +1,7 @@
 """Time every way of computing all output cells' input gradients, one fresh process each.
 
     .venv/bin/python benchmarks/run.py                       # the README network, 5 repeats
-    .venv/bin/python benchmarks/run.py --repeats 9 --readme README.md
+    .venv/bin/python benchmarks/run.py --repeats 9 --readme docs/benchmarks.md
     .venv/bin/python benchmarks/run.py --networks resnet50 vgg16 mobilenetv2   # 224x224, 49 cells
     .venv/bin/python benchmarks/run.py --ways tf_jacobian_pfor rfjax_gradient_maps
 

@@ -1,7 +1,7 @@
 """The zoo sweep: the final-feature RF of every keras.applications model, in one fresh process.
 
     .venv/bin/python benchmarks/zoo.py                      # all models, table to stdout
-    .venv/bin/python benchmarks/zoo.py --readme README.md   # and into the bench:zoo block
+    .venv/bin/python benchmarks/zoo.py --readme docs/benchmarks.md   # and into the bench:zoo block
 
 Per model it times what a sweep pays: building the Keras model (``weights=None``, no
 top, dynamic input), converting it (:func:`converters.from_keras`), preparing it (the

@@ -12,6 +12,7 @@ import sys
 import time
 import traceback
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -32,15 +33,15 @@ def _demo(args: argparse.Namespace) -> int:
     model = readme_net(seed=args.seed)
     shape = (args.size, args.size, 3)
     t0 = time.perf_counter()
-    rf = rfjax.receptive_field(model, shape)
+    rf = _one(rfjax.receptive_field(model, shape))
     t1 = time.perf_counter()
     print("README network of `receptivefield` (Flax), input", "x".join(map(str, shape)))
     print(f"  {rf}")
     print(
         f"  fitted on {rf.cells_used} grid lines ({rf.cells_clipped} clipped) in {t1 - t0:.2f} s (incl. compile)"
     )
-    maps = rfjax.gradient_maps(rfjax.prepare.linearize(model), np.ones(shape, np.float32))
-    centre = (rf.output_shape.h // 2, rf.output_shape.w // 2)
+    maps = _one(rfjax.gradient_maps(rfjax.prepare.linearize(model), np.ones(shape, np.float32)))
+    centre = (int(rf.output_shape.h) // 2, int(rf.output_shape.w) // 2)
     f1 = out / "gradient_at_centre.png"
     f2 = out / "rf_grid.png"
     rfjax.plot.gradient_at(maps, centre, rf, save=f1)
@@ -90,15 +91,15 @@ def _estimate(args: argparse.Namespace) -> int:
     model = _load_model(args.model, args.input)
     layer = args.layer or model.output_names[-1]
     shape = args.input or tuple(model.input_shape)
-    rf = rfjax.receptive_field(model, shape, layer=layer, grow=args.grow)
+    rf = _one(rfjax.receptive_field(model, shape, layer=layer, grow=args.grow))
     print(f"{args.model} layer {layer!r}, input {'x'.join(map(str, rf.input_shape))}:")
     print(f"  {rf}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     view = model.prepared().with_outputs([layer])
-    centre = (rf.output_shape.h // 2, rf.output_shape.w // 2)
+    centre = (int(rf.output_shape.h) // 2, int(rf.output_shape.w) // 2)
     x = np.ones((int(rf.input_shape.h), int(rf.input_shape.w), shape[2]), np.float32)
-    maps = rfjax.gradient_maps(view.apply, x, params=view.params, cells=[centre])[layer]
+    maps = _one(rfjax.gradient_maps(view.apply, x, params=view.params, cells=[centre]), layer)
     rfjax.plot.gradient_at(maps, centre, rf, save=out / "gradient_at_centre.png")
     rfjax.plot.rf_grid(rf, save=out / "rf_grid.png")
     print(f"  wrote {out / 'gradient_at_centre.png'} and {out / 'rf_grid.png'}")
@@ -212,7 +213,7 @@ def _cam(args: argparse.Namespace) -> int:
     model = converters.from_keras(
         keras_model, outputs=[feature, dense] if dense else [feature, keras_model.output_names[0]]
     )
-    h, w, c = model.input_shape
+    h, w, c = (int(v) for v in model.input_shape if v is not None)
     images = np.stack([_read_image(p, (h, w), args.scale) for p in args.images])
     if images.shape[-1] != c:
         raise RFError(
@@ -231,6 +232,12 @@ def _cam(args: argparse.Namespace) -> int:
         classes = ", ".join(f"{int(k)} ({p:.2f})" for k, p in zip(result.classes[n], result.probabilities[n]))
         print(f"{path}: top classes {classes} -> {target}")
     return 0
+
+
+def _one(result: Any, name: Any = None) -> Any:
+    """The single result (``ReceptiveField`` / ``GradientMaps``) of a call that may
+    return a dict of them by output name."""
+    return result[name] if isinstance(result, dict) else result
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -34,3 +34,23 @@ class RFTooLarge(RFError):
 class RFGlobal(RFTooLarge):
     """The output depends on the whole input only (global pooling with no convolutional
     path to the input): it has no finite RF at any input size."""
+
+
+class RFUnsupported(RFError):
+    """A primitive on the path from the input that the RF preparation cannot make exact
+    (see :mod:`rfjax.jaxpr`): the RF is refused rather than measured wrong.
+
+    Attributes:
+      primitive: the JAX primitive's name, e.g. ``"sort"``.
+      where: where it sits, e.g. ``"scan body > cond branch 1"``.
+    """
+
+    def __init__(self, message: str, primitive: str, where: str):
+        super().__init__(message)
+        self.primitive = primitive
+        self.where = where
+
+
+class RFDataDependent(RFUnsupported):
+    """Control flow steered by the input values (a ``cond`` index, a ``while`` predicate):
+    the RF would only be that of the branch taken at the constant input."""

@@ -213,7 +213,7 @@ def _refuse_unknown(eqn: jcore.JaxprEqn, where: tuple[str, ...]) -> None:
     raise RFUnsupported(
         f"`{name}` in {_where(where)} carries a sub-program that the RF preparation does not know, so "
         "max pooling or ReLU inside it could not be made exact; compute it outside the function measured "
-        "(known: jit, cond/switch, scan, while/fori_loop, checkpoint, custom_jvp/custom_vjp, shard_map).",
+        "(known: jit, cond/switch, scan, checkpoint, custom_jvp/custom_vjp, shard_map).",
         name,
         _where(where),
     )
@@ -287,8 +287,16 @@ def _is_float(eqn: jcore.JaxprEqn) -> bool:
 class _Interpreter:
     rules: Mapping[str, Rule]
 
-    def run(self, jaxpr, consts, args, flags, where, tap=None):
-        """``(outputs, output flags, whether the tap was applied inside)``."""
+    def run(
+        self,
+        jaxpr: jcore.Jaxpr,
+        consts: Sequence[Any],
+        args: Sequence[Any],
+        flags: Sequence[bool],
+        where: tuple[str, ...],
+        tap: Tap | None = None,
+    ) -> tuple[list, list[bool], bool]:
+        """``(outputs, output flags, whether the tap's variable is defined in jaxpr)``."""
         env: dict = {}
         dep: set = set()
 
@@ -304,10 +312,8 @@ class _Interpreter:
         for eqn in jaxpr.eqns:
             invals = [read(v) for v in eqn.invars]
             pos = next((i for i, v in enumerate(eqn.outvars) if v is tap.var), None) if tap else None
-            sub_tap = Tap(eqn.outvars[pos], tap.delta) if pos is not None else None
-            outs, outflags, hit = self.equation(
-                eqn, invals, [_flag(v, dep) for v in eqn.invars], where, sub_tap
-            )
+            inflags = [_flag(v, dep) for v in eqn.invars]
+            outs, outflags, hit = self.equation(eqn, invals, inflags, where, tap if pos is not None else None)
             if pos is not None and not hit:
                 _check_tap(eqn, pos, where)
                 outs[pos] = outs[pos] + tap.delta.astype(outs[pos].dtype)
@@ -318,8 +324,11 @@ class _Interpreter:
                     dep.add(v)
         return [read(v) for v in jaxpr.outvars], [_flag(v, dep) for v in jaxpr.outvars], applied
 
-    def equation(self, eqn, invals, flags, where, tap):
-        """``(outputs, output flags, tap applied inside)`` of one equation."""
+    def equation(
+        self, eqn: jcore.JaxprEqn, invals: list, flags: list[bool], where: tuple[str, ...], tap: Tap | None
+    ) -> tuple[list, list[bool], bool]:
+        """``(outputs, output flags, tap applied inside)`` of one equation; ``tap`` is given
+        when the equation defines its variable."""
         name = eqn.primitive.name
         if name in _INLINE:
             jaxpr, consts = _inline_jaxpr(eqn)

@@ -274,6 +274,22 @@ def test_shard_map_body_is_prepared():
     _assert_rf(rfjax.receptive_field(fn, (20, 20, 1)), analytic_rf(layers, (20, 20)))
 
 
+def test_rewritten_scan_keeps_its_carry_types():
+    def f(x):
+        def body(carry, _):
+            i, h = carry
+            return (i + 1, _pool(jax.nn.relu(h), "SAME")), None
+
+        return lax.scan(body, (jnp.int32(0), x.astype(jnp.bfloat16)), None, length=2)[0]
+
+    x = jnp.ones((1, 8, 8, 1))
+    scans = [e for e in jax.make_jaxpr(linearize(f))(x).jaxpr.eqns if e.primitive.name == "scan"]
+    body = scans[0].params["jaxpr"]
+    assert [v.aval for v in body.jaxpr.outvars] == [v.aval for v in body.jaxpr.invars]  # (int32, bf16 map)
+    assert not any(e.primitive.name in ("max", "reduce_window_max") for e in body.jaxpr.eqns)
+    assert jax.eval_shape(linearize(f), x) == jax.eval_shape(f, x)
+
+
 # --------------------------------------------------------------------------- rules
 
 

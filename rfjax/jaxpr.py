@@ -10,8 +10,9 @@
   index arithmetic, masks and parameter-only code (a train/eval switch) keep their values;
 * recurses into every jaxpr-valued parameter of the primitives it knows. Calls are inlined:
   ``jit``/``pjit``, ``closed_call``/``core_call``, ``remat2`` (``jax.checkpoint``: the RF copy
-  trades its memory saving for one program), ``compute_on``, ``composite``, and the primal of
-  ``custom_jvp_call``/``custom_vjp_call`` (JAX then differentiates the rewritten primal).
+  trades its memory saving for one program), ``compute_on``, ``composite``, the primal of
+  ``custom_jvp_call``/``custom_vjp_call`` (JAX then differentiates the rewritten primal) and
+  of ``custom_vmap_call``.
   Control flow is rewritten in place: ``cond``/``switch`` branches and ``scan`` bodies
   (``lax.map``, ``fori_loop`` with Python int bounds) are traced through the interpreter into
   new ``ClosedJaxpr`` s with the same input and output types (carries keep dtype and shape)
@@ -21,7 +22,9 @@
   gradient map (``fori_loop`` with array bounds is such a loop);
 * adds a :class:`Tap` ``delta`` where a target variable is computed (for CAM: the gradient
   with respect to a layer of any JAX function), looking through inlined calls so that the
-  consumers inside the same call see it.
+  consumers inside the same call see it. Control flow is not looked into: a tap after a
+  ``cond``/``scan``/``while``/``shard_map`` whose other outputs are computed from the tapped
+  value inside it would miss them, and is refused (:class:`~rfjax.errors.RFError`).
 
 With ``inputs`` flagged, what cannot be made exact is refused with
 :class:`~rfjax.errors.RFUnsupported` naming the primitive and where it sits
@@ -29,7 +32,9 @@ With ``inputs`` flagged, what cannot be made exact is refused with
 input are concerned (which pixels reach an output cannot depend on anything else):
 
 * a primitive carrying a sub-jaxpr the interpreter does not know (``pallas_call``,
-  ``custom_linear_solve``, ``linear_call``, ``run_state``, ...): rules could not reach inside;
+  ``custom_linear_solve``, ``linear_call``, ``custom_transpose_call``, ``run_state``,
+  ``xla_pmap``, a ``reduce``/``reduce_window`` with a computation of its own, ...): rules
+  could not reach inside;
 * control flow steered by the input (:class:`~rfjax.errors.RFDataDependent`): the index of a
   ``cond``/``switch``, the predicate of a ``while``. The RF would only be that of the branch
   (trip count) taken at the constant input;
@@ -83,12 +88,14 @@ _INLINE = {
     "custom_jvp_call": "call_jaxpr",
     "custom_vjp_call": "call_jaxpr",
     "custom_vjp_call_jaxpr": "fun_jaxpr",
+    "custom_vmap_call": "call",
 }
 _LABELS = {
     "remat2": "checkpoint",
     "custom_jvp_call": "custom_jvp function",
     "custom_vjp_call": "custom_vjp function",
     "custom_vjp_call_jaxpr": "custom_vjp function",
+    "custom_vmap_call": "custom_vmap function",
 }
 
 

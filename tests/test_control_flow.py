@@ -309,6 +309,12 @@ def test_input_steered_select_and_mask_become_means():
     np.testing.assert_allclose(linearize(lambda x: lax.cummax(x))(x), np.cumsum(x) / np.arange(1, 5))
 
 
+def test_custom_vmap_primal_is_rewritten():
+    relu = jax.custom_batching.custom_vmap(lambda x: jnp.maximum(x, 0.0))
+    relu.def_vmap(lambda axis_size, in_batched, x: (jnp.maximum(x, 0.0), in_batched[0]))
+    assert float(linearize(relu)(jnp.float32(-2.0))) == -1.0
+
+
 def test_step_functions_and_stop_gradient_pass_the_gradient():
     def f(x):
         return jnp.round(x) + lax.stop_gradient(jnp.sign(x))

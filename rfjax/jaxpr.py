@@ -197,19 +197,26 @@ def _int_to_float(eqn: jcore.JaxprEqn, flags: list[bool]) -> bool:
 
 
 _SCATTERS = ("scatter", *(f"scatter{sep}{op}" for sep in "-_" for op in ("add", "sub", "mul", "min", "max")))
-# primitive -> (does this use of input-dependent values make the support value-dependent?, what).
+# primitive -> (does this use of input-dependent operands make the support value-dependent?,
+# what the primitive does with them).
 _VALUE_DEPENDENT: dict[str, tuple[Callable[[jcore.JaxprEqn, list[bool]], bool], str]] = {
-    "gather": (_operands(1), "gather indices"),
-    **{name: (_operands(1), "scatter indices") for name in _SCATTERS},
-    "dynamic_slice": (lambda eqn, flags: any(flags[1:]), "slice start indices"),
-    "dynamic_update_slice": (lambda eqn, flags: any(flags[2:]), "slice start indices"),
-    "sort": (lambda eqn, flags: any(flags[: eqn.params["num_keys"]]), "sort keys"),
-    "top_k": (_operands(0), "the values it ranks"),
-    "approx_top_k": (_operands(0), "the values it ranks"),
-    "convert_element_type": (_int_to_float, "integers turned back into floats"),
-    "bitcast_convert_type": (_operands(0), "reinterpreted bits"),
+    "gather": (_operands(1), "takes its indices from the input values"),
+    **{name: (_operands(1), "takes its indices from the input values") for name in _SCATTERS},
+    "dynamic_slice": (lambda eqn, flags: any(flags[1:]), "takes its start indices from the input values"),
+    "dynamic_update_slice": (
+        lambda eqn, flags: any(flags[2:]),
+        "takes its start indices from the input values",
+    ),
+    "sort": (
+        lambda eqn, flags: any(flags[: eqn.params["num_keys"]]),
+        "sorts by keys computed from the input",
+    ),
+    "top_k": (_operands(0), "selects values computed from the input by their size"),
+    "approx_top_k": (_operands(0), "selects values computed from the input by their size"),
+    "convert_element_type": (_int_to_float, "turns integers computed from the input into floats"),
+    "bitcast_convert_type": (_operands(0), "reinterprets the bits of values computed from the input"),
     **{
-        name: (_any_operand, "arguments of an opaque call")
+        name: (_any_operand, "is an opaque call on values computed from the input")
         for name in ("pure_callback", "io_callback", "ffi_call", "call_exported")
     },
 }
@@ -231,9 +238,9 @@ def _check_values(eqn: jcore.JaxprEqn, flags: list[bool], where: tuple[str, ...]
     if entry is not None and entry[0](eqn, flags):
         name = eqn.primitive.name
         raise RFUnsupported(
-            f"`{name}` in {_where(where)} takes {entry[1]} from values computed from the input, so which "
-            "pixels reach an output depends on the image and no exact RF exists; make them independent "
-            "of the input (constants or parameters).",
+            f"`{name}` in {_where(where)} {entry[1]}, so which pixels reach an output depends on the image "
+            "and no exact RF exists; keep it off the path from the input to the output measured, or make "
+            "what it uses from the input constants or parameters.",
             name,
             _where(where),
         )

@@ -28,7 +28,7 @@ from rfjax.arch_sweep import Arch, sweep
 from rfjax.contract import ConvertedModel, RFBound, clear_caches, resolve_model
 from rfjax.engine import gradient_maps
 from rfjax.erf import EffectiveRF, effective_rf
-from rfjax.errors import RFError, RFGlobal, RFTooLarge
+from rfjax.errors import RFDataDependent, RFError, RFGlobal, RFTooLarge, RFUnsupported
 from rfjax.fit import fit_maps, receptive_field
 from rfjax.layer_sweep import LayerRF, plot_layers, save_rows, sweep_layers
 from rfjax.prepare import linearize, prepare_params
@@ -42,9 +42,11 @@ __all__ = [
     "GradientMaps",
     "LayerRF",
     "RFBound",
+    "RFDataDependent",
     "RFError",
     "RFGlobal",
     "RFTooLarge",
+    "RFUnsupported",
     "ReceptiveField",
     "cam",
     "class_activation_maps",

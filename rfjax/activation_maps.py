@@ -48,7 +48,7 @@ from rfjax import memory
 from rfjax._types import HW, ReceptiveField
 from rfjax.contract import as_function
 from rfjax.errors import RFError
-from rfjax.prepare import _INLINE, _sub_jaxpr
+from rfjax.jaxpr import Tap, evaluate
 
 __all__ = [
     "CAMResult",
@@ -170,41 +170,6 @@ class CAMResult:
 # --------------------------------------------------------------------------- the tap
 
 
-def _eval(jaxpr, consts, args, target, delta):
-    """Evaluate ``jaxpr``, adding ``delta`` to variable ``target`` where it is computed (also
-    inside inlined calls, so consumers in the same jitted body see it). Returns
-    ``(outputs, applied)``."""
-    env: dict = {}
-
-    def read(v):
-        return v.val if isinstance(v, jcore.Literal) else env[v]
-
-    for v, c in zip(jaxpr.constvars, consts):
-        env[v] = c
-    for v, a in zip(jaxpr.invars, args):
-        env[v] = a
-    applied = False
-    for eqn in jaxpr.eqns:
-        invals = [read(v) for v in eqn.invars]
-        sub = _sub_jaxpr(eqn) if eqn.primitive.name in _INLINE else None
-        pos = next((p for p, v in enumerate(eqn.outvars) if v is target), None) if target is not None else None
-        hit = False
-        if sub is not None:
-            inner = sub[0].outvars[pos] if pos is not None else None
-            if inner is not None and (isinstance(inner, jcore.Literal) or inner in sub[0].invars or inner in sub[0].constvars):
-                inner = None
-            outs, hit = _eval(sub[0], sub[1], invals, inner, delta)
-        else:
-            outs = eqn.primitive.bind(*invals, **eqn.params)
-            outs = list(outs) if eqn.primitive.multiple_results else [outs]
-        if pos is not None and not hit:
-            outs[pos] = outs[pos] + delta.astype(outs[pos].dtype)
-        applied = applied or pos is not None
-        for v, val in zip(eqn.outvars, outs):
-            env[v] = val
-    return [read(v) for v in jaxpr.outvars], applied
-
-
 def _tapped(fn: Callable, with_params: bool, layer_index: int) -> Callable:
     """``(params, x, delta) -> flat outputs`` of ``fn`` with ``delta`` added to output leaf
     ``layer_index`` where it is computed, so that ``d outputs / d delta`` is the gradient
@@ -216,8 +181,7 @@ def _tapped(fn: Callable, with_params: bool, layer_index: int) -> Callable:
         target = closed.jaxpr.outvars[layer_index]
         if isinstance(target, jcore.Literal) or target in closed.jaxpr.invars or target in closed.jaxpr.constvars:
             raise RFError("layer names an output that is a constant or the input itself; pass a layer the model computes.")
-        outs, _ = _eval(closed.jaxpr, closed.consts, jax.tree_util.tree_leaves(args), target, delta)
-        return outs
+        return evaluate(closed, jax.tree_util.tree_leaves(args), tap=Tap(target, delta))
 
     return run
 

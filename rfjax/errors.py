@@ -67,3 +67,22 @@ def cause(e: BaseException, limit: int = 200) -> str:
     text = str(e).strip()
     first = text.splitlines()[0] if text else ""
     return f"{type(e).__name__}: {first[:limit]}" if first else type(e).__name__
+
+class RFUnsupported(RFError):
+    """A primitive on the path from the input that the RF preparation cannot make exact
+    (see :mod:`rfjax.jaxpr`): the RF is refused rather than measured wrong.
+
+    Attributes:
+      primitive: the JAX primitive's name, e.g. ``"sort"``.
+      where: where it sits, e.g. ``"scan body > cond branch 1"``.
+    """
+
+    def __init__(self, message: str, primitive: str, where: str):
+        super().__init__(message)
+        self.primitive = primitive
+        self.where = where
+
+
+class RFDataDependent(RFUnsupported):
+    """Control flow steered by the input values (a ``cond`` index, a ``while`` predicate):
+    the RF would only be that of the branch taken at the constant input."""

@@ -10,10 +10,12 @@ non-zero input. rfjax does the same without touching the user's code:
 * :func:`prepare_params` maps a parameter pytree (Flax naming: ``kernel``, ``bias``,
   ``scale``, ``mean``, ``var``) to constant positive kernels, zero biases and
   identity normalisation statistics.
-* :func:`linearize` rewrites a JAX function at the jaxpr level: ``max``/``min`` of
-  two values becomes their mean (so ``relu``, ``relu6``, ``hard_sigmoid`` become
-  affine with a non-zero slope), max/min pooling (``reduce_window_max``) becomes
-  average pooling, ``reduce_max`` becomes a mean, and ``clamp`` passes its operand.
+* :func:`linearize` rewrites a JAX function at the jaxpr level, control flow included
+  (:mod:`rfjax.jaxpr`), where values depend on the input: ``max``/``min`` of two values
+  becomes their mean (so ``relu``, ``relu6``, ``hard_sigmoid`` become affine with a
+  non-zero slope), max/min pooling (``reduce_window_max``) becomes average pooling,
+  ``reduce_max`` becomes a mean, an input-steered ``select`` the mean of its choices,
+  and ``clamp`` passes its operand.
 
 Kernels are set to ``1 / (C_in * sqrt(kh * kw))`` so that activations grow by at most
 ``sqrt(kh * kw)`` per layer while the gradient at an RF corner shrinks by the same
@@ -31,7 +33,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
-from jax.extend import core as jcore
+
+from rfjax.jaxpr import Rule, bind, evaluate
 
 _KERNEL_NAMES = ("kernel", "depthwise_kernel", "pointwise_kernel", "w", "weight")
 _ZERO_NAMES = ("bias", "beta", "mean", "moving_mean", "b")
@@ -78,17 +81,21 @@ def prepare_params(params: Any) -> Any:
     return jax.tree_util.tree_map_with_path(one, params)
 
 
-# ----------------------------------------------------------------------- jaxpr rewrite
+# ----------------------------------------------------------------------- jaxpr rules
+# Each rule replaces one equation whose floating-point outputs depend on the input (see
+# rfjax.jaxpr): a choice made from values becomes the mean of the choices, so every path
+# that could be chosen carries gradient, and a step function passes its operand through.
 
 
-def _mean2(eqn, a, b):
-    return ((a + b) * 0.5).astype(eqn.outvars[0].aval.dtype)
+def _mean2(eqn, invals, flags):
+    a, b = invals
+    return [((a + b) * 0.5).astype(eqn.outvars[0].aval.dtype)]
 
 
-def _avg_window(eqn, x):
+def _avg_window(eqn, invals, flags):
     p = eqn.params
     total = lax.reduce_window(
-        x,
+        invals[0],
         0.0,
         lax.add,
         p["window_dimensions"],
@@ -97,83 +104,89 @@ def _avg_window(eqn, x):
         p["base_dilation"],
         p["window_dilation"],
     )
-    return total / math.prod(p["window_dimensions"])
+    return [total / math.prod(p["window_dimensions"])]
 
 
-def _mean_axes(eqn, x):
-    return jnp.mean(x, axis=tuple(eqn.params["axes"])).astype(eqn.outvars[0].aval.dtype)
+def _mean_axes(eqn, invals, flags):
+    return [jnp.mean(invals[0], axis=tuple(eqn.params["axes"])).astype(eqn.outvars[0].aval.dtype)]
 
 
-def _clamp(eqn, lo, x, hi):
-    return x
+def _cumulative_mean(eqn, invals, flags):
+    x, axis, reverse = invals[0], eqn.params["axis"], eqn.params["reverse"]
+    count = lax.broadcasted_iota(x.dtype, x.shape, axis) + 1
+    return [lax.cumsum(x, axis, reverse) / (lax.rev(count, (axis,)) if reverse else count)]
 
 
-_RULES: dict[str, Callable] = {
+def _select_mean(eqn, invals, flags):
+    if not flags[0]:  # a mask that does not depend on the input (padding, a constant switch)
+        return bind(eqn, invals)
+    cases = invals[1:]
+    return [(sum(cases[1:], cases[0]) / len(cases)).astype(eqn.outvars[0].aval.dtype)]
+
+
+def _mask_mean(eqn, invals, flags):
+    if invals[0].dtype != jnp.bool_:
+        return bind(eqn, invals)
+    out = eqn.outvars[0].aval  # a boolean mask as a number, e.g. x * (x > 0): 0 or 1 -> their mean
+    return [jnp.full(out.shape, 0.5, out.dtype)]
+
+
+def _operand(eqn, invals, flags):
+    return [invals[0]]
+
+
+def _clamp(eqn, invals, flags):
+    return [invals[1]]
+
+
+#: The RF preparation's rules, keyed by primitive (see :mod:`rfjax.jaxpr` for when they apply).
+RULES: dict[str, Rule] = {
     "max": _mean2,
     "min": _mean2,
     "reduce_window_max": _avg_window,
     "reduce_window_min": _avg_window,
     "reduce_max": _mean_axes,
     "reduce_min": _mean_axes,
+    "cummax": _cumulative_mean,
+    "cummin": _cumulative_mean,
+    "select_n": _select_mean,
+    "convert_element_type": _mask_mean,
     "clamp": _clamp,
+    "floor": _operand,
+    "ceil": _operand,
+    "round": _operand,
+    "sign": _operand,
+    "stop_gradient": _operand,
 }
-_INLINE = ("jit", "pjit", "closed_call", "core_call", "custom_jvp_call", "custom_vjp_call", "checkpoint", "remat")
-
-
-def _is_float(eqn) -> bool:
-    return all(jnp.issubdtype(v.aval.dtype, jnp.floating) for v in eqn.outvars)
-
-
-def _sub_jaxpr(eqn):
-    for key in ("jaxpr", "call_jaxpr", "fun_jaxpr"):
-        sub = eqn.params.get(key)
-        if isinstance(sub, jcore.ClosedJaxpr):
-            return sub.jaxpr, sub.consts
-        if isinstance(sub, jcore.Jaxpr):
-            return sub, ()
-    return None
-
-
-def _eval(jaxpr, consts, *args):
-    env: dict = {}
-
-    def read(v):
-        return v.val if isinstance(v, jcore.Literal) else env[v]
-
-    for v, c in zip(jaxpr.constvars, consts):
-        env[v] = c
-    for v, a in zip(jaxpr.invars, args):
-        env[v] = a
-    for eqn in jaxpr.eqns:
-        invals = [read(v) for v in eqn.invars]
-        name = eqn.primitive.name
-        sub = _sub_jaxpr(eqn) if name in _INLINE else None
-        if name in _RULES and _is_float(eqn):
-            outs = [_RULES[name](eqn, *invals)]
-        elif sub is not None:
-            outs = _eval(sub[0], sub[1], *invals)
-        else:
-            outs = eqn.primitive.bind(*invals, **eqn.params)
-            outs = outs if eqn.primitive.multiple_results else [outs]
-        for v, val in zip(eqn.outvars, outs):
-            env[v] = val
-    return [read(v) for v in jaxpr.outvars]
 
 
 def linearize(fn: Callable) -> Callable:
-    """``fn`` with max/min turned into means, max pooling into average pooling.
+    """``fn`` rewritten for the RF: every path from the input carries gradient.
 
-    Works on any JAX function (Flax, Equinox, plain ``jax.lax``): the function is
-    traced to a jaxpr on each new input shape and re-evaluated with the rewrite;
-    ``jax.jit`` over the result compiles the rewritten program once.
+    Works on any JAX function (Flax, Equinox, plain ``jax.lax``), control flow included
+    (``cond``, ``scan``, ``while``, ``checkpoint``, custom derivatives, ``shard_map``): the
+    function is traced to a jaxpr on each new input shape and re-evaluated by
+    :func:`rfjax.jaxpr.evaluate` with :data:`RULES` where values depend on the input, the
+    last positional argument (``fn(x)`` or ``fn(params, x)``). ``max``/``min`` become means
+    (``relu``, ``relu6``, ``hard_sigmoid`` turn affine with a non-zero slope), max/min
+    pooling becomes average pooling, ``reduce_max``/``cummax`` means, a ``select`` (``where``)
+    or a boolean mask steered by the input the mean of its choices, ``clamp``, rounding,
+    ``sign`` and ``stop_gradient`` pass their operand. ``jax.jit`` over the result compiles
+    the rewritten program once.
+
+    Raises:
+      RFUnsupported: from the call, for what cannot be made exact (input-steered control
+        flow, value-chosen indices, unknown sub-programs); the message names the primitive
+        and where it sits.
     """
 
     @functools.wraps(fn)
     def wrapped(*args):
-        closed = jax.make_jaxpr(fn)(*args)
-        out_tree = jax.tree_util.tree_structure(jax.eval_shape(fn, *args))
-        flat = jax.tree_util.tree_leaves(args)
-        return jax.tree_util.tree_unflatten(out_tree, _eval(closed.jaxpr, closed.consts, *flat))
+        closed, shape = jax.make_jaxpr(fn, return_shape=True)(*args)
+        leaves = [jax.tree_util.tree_leaves(a) for a in args]
+        inputs = [i == len(args) - 1 for i, group in enumerate(leaves) for _ in group]
+        outs = evaluate(closed, [leaf for group in leaves for leaf in group], rules=RULES, inputs=inputs)
+        return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(shape), outs)
 
     return wrapped
 

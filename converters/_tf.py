@@ -22,10 +22,10 @@ import numpy as np
 from converters._registry import check_name
 from rfjax.contract import ConvertedModel
 from rfjax.errors import RFError
-from rfjax.prepare import _KERNEL_NAMES, _ONE_NAMES, _ZERO_NAMES, linearize, prepare_params
+from rfjax.prepare import KERNEL_NAMES, ONE_NAMES, ZERO_NAMES, linearize, prepare_params
 
 _DOCS = "see 'TensorFlow functions and SavedModels' in the README for the supported ops"
-_ROLES = _KERNEL_NAMES + _ZERO_NAMES + _ONE_NAMES
+_ROLES = KERNEL_NAMES + ZERO_NAMES + ONE_NAMES
 
 Shape = tuple[int | None, int | None, int | None]
 

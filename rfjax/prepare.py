@@ -36,9 +36,10 @@ from jax import lax
 
 from rfjax.jaxpr import Rule, bind, evaluate
 
-_KERNEL_NAMES = ("kernel", "depthwise_kernel", "pointwise_kernel", "w", "weight")
-_ZERO_NAMES = ("bias", "beta", "mean", "moving_mean", "b")
-_ONE_NAMES = ("scale", "gamma", "var", "moving_variance", "variance")
+#: parameter leaf names (Flax and Keras) set to a constant positive kernel, to zero, to one
+KERNEL_NAMES = ("kernel", "depthwise_kernel", "pointwise_kernel", "w", "weight")
+ZERO_NAMES = ("bias", "beta", "mean", "moving_mean", "b")
+ONE_NAMES = ("scale", "gamma", "var", "moving_variance", "variance")
 
 
 def _leaf_name(path: tuple) -> str:
@@ -70,11 +71,11 @@ def prepare_params(params: Any) -> Any:
         if not hasattr(leaf, "shape") or not jnp.issubdtype(jnp.result_type(leaf), jnp.floating):
             return leaf
         name = _leaf_name(path)
-        if name in _KERNEL_NAMES:
+        if name in KERNEL_NAMES:
             return jnp.full(leaf.shape, constant_kernel(tuple(leaf.shape)), leaf.dtype)
-        if name in _ZERO_NAMES:
+        if name in ZERO_NAMES:
             return jnp.zeros(leaf.shape, leaf.dtype)
-        if name in _ONE_NAMES:
+        if name in ONE_NAMES:
             return jnp.ones(leaf.shape, leaf.dtype)
         return leaf
 

@@ -28,6 +28,7 @@ import numpy as np
 
 from converters import _layers as _layers
 from converters import _ops as _ops
+from converters._introspect import cam_layers as keras_cam_layers
 from converters._model import KerasModel
 from converters._registry import register, supported_layers
 from converters._tf import TFModel, from_tf
@@ -75,4 +76,22 @@ def from_keras(
     return converted
 
 
-__all__ = ["KerasModel", "RFError", "TFModel", "from_keras", "from_tf", "register", "supported_layers"]
+def load_keras(path: str | os.PathLike, safe_mode: bool = True) -> Any:
+    """Load a ``.keras`` / ``.h5`` file with Keras (Lambda layers refused in safe mode);
+    every failure is one :class:`RFError` sentence naming the file."""
+    from converters._graph import load
+
+    return load(path, safe_mode)
+
+
+__all__ = [
+    "KerasModel",
+    "RFError",
+    "TFModel",
+    "from_keras",
+    "from_tf",
+    "keras_cam_layers",
+    "load_keras",
+    "register",
+    "supported_layers",
+]

@@ -7,7 +7,7 @@ The public face; everything lives in small private-by-convention modules:
 * :mod:`rfjax.fit`      -- :func:`receptive_field`, the per-axis RF fit
 * :mod:`rfjax.prepare`  -- the RF preparation (linear activations, average pooling, ...)
 * :mod:`rfjax.analytic` -- the closed-form RF of conv/pool chains (Araujo et al.)
-* :mod:`rfjax.activation_maps` -- :func:`cam`, :func:`grad_cam` and variants, RF-aware placement
+* :mod:`rfjax.activation_maps`     -- :func:`cam`, :func:`grad_cam` and variants on one pipeline, RF-aware placement
 * :mod:`rfjax.erf`      -- :func:`effective_rf`, the effective RF (Luo et al.)
 * :mod:`rfjax.layer_sweep` -- :func:`sweep_layers`, every layer of one model
 * :mod:`rfjax.arch_sweep`  -- :func:`sweep`, many architectures and input sizes, resumable

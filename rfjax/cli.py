@@ -204,11 +204,10 @@ def _read_image(path: str, hw: tuple[int, int], scale: float) -> np.ndarray:
 def _cam(args: argparse.Namespace) -> int:
     import converters
     import rfjax
-    from converters._graph import load
-    from rfjax.activation_maps import keras_cam_layers
+    from converters import keras_cam_layers, load_keras
     from rfjax.plot_cam import cam_overlay
 
-    keras_model = load(args.model, safe_mode=True)
+    keras_model = load_keras(args.model, safe_mode=True)
     feature, dense = (args.layer, None) if args.layer else keras_cam_layers(keras_model)
     model = converters.from_keras(
         keras_model, outputs=[feature, dense] if dense else [feature, keras_model.output_names[0]]

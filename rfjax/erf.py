@@ -206,14 +206,14 @@ def effective_rf(
     Returns:
       An :class:`EffectiveRF`.
     """
-    from rfjax.activation_maps import _check_images, _layer_only, _output_index
+    from rfjax.activation_maps.inputs import check_images, layer_only, output_index
     from rfjax.engine import channel_vector
     from rfjax.fit import receptive_field
 
     if not isinstance(mass, (int, float)) or not 0 < mass < 1:
         raise RFError(f"mass={mass!r} must be a fraction strictly between 0 and 1, e.g. 0.9.")
     base, params = as_function(fn, params)
-    xs = _check_images(inputs)
+    xs = check_images(inputs)
     bound = base if params is None else functools.partial(base, params)
     try:
         struct = jax.eval_shape(bound, jnp.asarray(xs[:1]))
@@ -227,7 +227,7 @@ def effective_rf(
             raise RFError(f"fn returns {len(leaves)} arrays; pass output= the key or index of the feature map to use.")
         index = 0
     else:
-        index = _output_index(struct, output, "output")
+        index = output_index(struct, output, "output")
     shape = tuple(leaves[index].shape)
     if len(shape) != 4:
         raise RFError(f"output {output!r} has shape {shape}, which is not a spatial feature map (1, Ho, Wo, Co); pass a convolutional layer's output.")
@@ -235,7 +235,7 @@ def effective_rf(
     c = (ho // 2, wo // 2) if cell is None else tuple(int(v) for v in np.asarray(cell).reshape(-1))
     if len(c) != 2 or not (0 <= c[0] < ho and 0 <= c[1] < wo):
         raise RFError(f"cell={cell!r} is outside the {ho}x{wo} grid; pass (i, j) with 0 <= i < {ho} and 0 <= j < {wo}.")
-    one = _layer_only(base, params is not None, index)
+    one = layer_only(base, params is not None, index)
     ct = np.zeros((ho, wo, co), np.float32)
     ct[c] = channel_vector(channels, co, "the output" if output is None else f"output {output!r}")
     m = _mean_map(_program(one, params is not None, bool(squared)), params, xs, ct, max_memory)

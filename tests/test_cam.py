@@ -15,8 +15,10 @@ import numpy as np
 import pytest
 from jax import lax
 
+import converters
 import rfjax
 from rfjax import activation_maps as C
+from rfjax.activation_maps.methods import unregister
 from rfjax.errors import RFError
 
 DN = ("NHWC", "HWIO", "NHWC")
@@ -100,7 +102,7 @@ def test_variants_share_the_pipeline_and_a_new_one_is_one_function(images):
         r = C.class_activation_maps(gap_dense, images, method="test_gradient_times_feature", classes=2)
         np.testing.assert_allclose(r.maps[:, 0], numpy_cam(images)[:, 2] / 169, rtol=1e-4, atol=1e-6)
     finally:
-        del C._VARIANTS["test_gradient_times_feature"]
+        unregister("test_gradient_times_feature")
 
 
 def test_dict_outputs_jitted_models_and_flax_modules(images):
@@ -293,8 +295,8 @@ def keras_model():
 
 
 def test_keras_model_cam_matches_keras_features_and_weights(keras_model):
-    converters = pytest.importorskip("converters")
-    feature, dense = C.keras_cam_layers(keras_model)
+
+    feature, dense = converters.keras_cam_layers(keras_model)
     assert (feature, dense) == ("last_conv", "scores")
     x = np.random.default_rng(4).uniform(size=(2, 24, 24, 3)).astype(np.float32)
     model = converters.from_keras(keras_model, outputs=[feature, dense])
@@ -313,7 +315,7 @@ def test_keras_cam_layers_refuses_models_without_gap_dense_logits():
     L = keras.layers
     flat = keras.Sequential([keras.Input((8, 8, 1)), L.Conv2D(2, 3), L.Flatten(), L.Dense(2)])
     with pytest.raises(RFError, match="no GlobalAveragePooling2D.*grad_cam"):
-        C.keras_cam_layers(flat)
+        converters.keras_cam_layers(flat)
     soft = keras.Sequential(
         [
             keras.Input((8, 8, 1)),
@@ -323,7 +325,7 @@ def test_keras_cam_layers_refuses_models_without_gap_dense_logits():
         ]
     )
     with pytest.raises(RFError, match="activation 'softmax'"):
-        C.keras_cam_layers(soft)
+        converters.keras_cam_layers(soft)
 
 
 # --------------------------------------------------------------------------- pictures

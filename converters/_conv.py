@@ -134,6 +134,7 @@ def _depthwise(
             stop = (n, i * dh + sh * (ho - 1) + 1, j * dw + sw * (wo - 1) + 1, cm)
             term = lax.slice(x, start, stop, (1, sh, sw, 1)) * kernel[i, j, 0]
             out = term if out is None else out + term
+    assert out is not None  # kh, kw >= 1
     return out
 
 

@@ -49,7 +49,7 @@ def rf_bounds(graph: Graph, global_nodes: frozenset[str]) -> dict[str, Bound | N
             out[node.name] = _GLOBAL
             continue
         refs = [r.node for r in refs_in((node.args, node.kwargs))]
-        local = [out.get(r) for r in refs if out.get(r) is not _GLOBAL]
+        local: list[Any] = [out.get(r) for r in refs if out.get(r) is not _GLOBAL]
         if not local:  # fed by global nodes only (an SE branch after its pooling)
             out[node.name] = _GLOBAL
             continue

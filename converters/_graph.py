@@ -143,7 +143,7 @@ class _Walker:
         keras, cls = self.keras, type(op)
         if isinstance(op, keras.layers.Layer):
             class_name = cls.__name__
-            lookup = (f"{cls.__module__}.{cls.__qualname__}", cls.__name__)
+            lookup: tuple[str, ...] = (f"{cls.__module__}.{cls.__qualname__}", cls.__name__)
         else:
             class_name = f"ops.{cls.__name__}"
             lookup = (class_name,)

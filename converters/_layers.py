@@ -376,7 +376,7 @@ def relu_layer(config: dict, weights: dict, rf: bool):
         "threshold": float(config.get("threshold", 0.0)),
         "max_value": None if max_value is None else float(max_value),
     }
-    return (lambda p, x: relu(x, **kw)), {}
+    return (lambda p, x: relu(x, **kw)), {}  # type: ignore[arg-type]  # max_value may be None
 
 
 @register("LeakyReLU")

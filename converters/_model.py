@@ -94,7 +94,8 @@ class KerasModel(ConvertedModel):
             _built = graph.cache.get(("built", rf, self._one))
             if _built is None:
                 _built = graph.cache[("built", rf, self._one)] = _build(graph, rf, self._one)
-        self._fns, self.params = _built
+        self._fns: dict[str, Callable] = _built[0]
+        self.params = _built[1]
         # where the one-channel RF copy applies its supports-only backward rule: after
         # layers that spread a gradient spatially (the rest are identities or means there)
         self._support_layers = (
@@ -303,6 +304,7 @@ class KerasModel(ConvertedModel):
         found = set()
         for node in plan:
             inputs = [r.node for r in refs_in((node.args, node.kwargs))]
+            assert large is not None
             varies = any(small[i] != large[i] for i in inputs)
             if varies and small[node.name] == large[node.name]:
                 found.add(node.name)

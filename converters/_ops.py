@@ -50,7 +50,7 @@ for _name, _fn in {
     "Exp": jnp.exp,
     "Log": jnp.log,
 }.items():
-    _elementwise(_name, _fn)
+    _elementwise(_name, _fn)  # type: ignore[arg-type]  # jnp ufuncs are callables
 
 _elementwise("Add", jnp.add, lambda a, b: _mean2(a, b) if _tensors(a, b) else a + b)
 _elementwise("Maximum", jnp.maximum, _mean2)

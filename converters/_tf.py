@@ -250,10 +250,11 @@ class TFModel(ConvertedModel):
         _built: tuple[tuple[str, ...], dict[str, jax.Array]] | None = None,
     ):
         self._source, self._rf = source, rf
+        self._shape = input_shape
         self.input_shape = input_shape
         if _built is None:
             fn, params = source.convert(input_shape)
-            _built = (tuple(fn.structured_outputs), params)
+            _built = (tuple(fn.structured_outputs), params)  # type: ignore[attr-defined]  # a tf2jax function
         self.layer_names, self.params = _built
         names = (
             self.layer_names
@@ -278,7 +279,7 @@ class TFModel(ConvertedModel):
     def with_outputs(self, outputs: str | Sequence[str]) -> TFModel:
         """A copy returning other outputs (no new conversion)."""
         return TFModel(
-            self._source, self.input_shape, outputs, rf=self._rf, _built=(self.layer_names, self.params)
+            self._source, self._shape, outputs, rf=self._rf, _built=(self.layer_names, self.params)
         )
 
     def prepared(self, *, one_channel: bool = False) -> TFModel:
@@ -298,7 +299,7 @@ class TFModel(ConvertedModel):
             return self
         return TFModel(
             self._source,
-            self.input_shape,
+            self._shape,
             self.output_names,
             rf=True,
             _built=(self.layer_names, _prepare(self.params)),
@@ -312,7 +313,8 @@ class TFModel(ConvertedModel):
         x = jnp.asarray(x, self._source.spec.dtype.as_numpy_dtype)
         if x.ndim != 4:
             raise RFError(f"x has shape {x.shape}; pass an NHWC batch (N, H, W, C).")
-        outs, _ = self._source.at(tuple(int(v) for v in x.shape[1:]))(params, x)
+        h, w, c = (int(v) for v in x.shape[1:])
+        outs, _ = self._source.at((h, w, c))(params, x)
         return {name: outs[name] for name in self.output_names}
 
     def _check_name(self, name: Any) -> str:

@@ -55,7 +55,7 @@ class ConvertedModel(abc.ABC):
     computes in; feature maps are NHWC.
     """
 
-    input_shape: tuple[int | None, int | None, int | None]
+    input_shape: tuple[int | None, ...]  # (H, W, C)
     output_names: tuple[str, ...]
     layer_names: tuple[str, ...]
     params: Any

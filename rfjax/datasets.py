@@ -113,7 +113,7 @@ def shapes(
     colour = rng.uniform(0.0, 0.5, size=(n, 3))
     colour[np.arange(n), rng.integers(3, size=n)] = rng.uniform(0.8, 1.0, size=n)
     images = np.where(masks[..., None], colour[:, None, None, :], images)
-    rows, cols = masks.any(axis=2), masks.any(axis=1)
+    rows, cols = np.asarray(masks.any(axis=2)), np.asarray(masks.any(axis=1))
     boxes = np.stack(
         [rows.argmax(1), cols.argmax(1), size - rows[:, ::-1].argmax(1), size - cols[:, ::-1].argmax(1)], axis=1
     ).astype(np.float64)

@@ -76,7 +76,10 @@ def barrier(name: str, timeout_s: float = BARRIER_TIMEOUT_S) -> None:
     from jax._src import distributed  # the runtime's client; no public barrier with a timeout
 
     try:
-        distributed.global_state.client.wait_at_barrier(name, int(timeout_s * 1000))
+        client = distributed.global_state.client
+        if client is None:
+            raise RuntimeError("jax.distributed is not initialised")
+        client.wait_at_barrier(name, int(timeout_s * 1000))
     except Exception as e:  # the runtime raises its own error types
         raise RFError(
             f"process {jax.process_index()} gave up waiting at barrier {name!r} ({cause(e)})."

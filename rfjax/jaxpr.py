@@ -191,8 +191,13 @@ def _any_operand(eqn: jcore.JaxprEqn, flags: list[bool]) -> bool:
     return any(flags)
 
 
+def _dtype(v: Any) -> Any:
+    """The dtype of a jaxpr variable or literal (its abstract value is a shaped array)."""
+    return getattr(v.aval, "dtype", None)
+
+
 def _int_to_float(eqn: jcore.JaxprEqn, flags: list[bool]) -> bool:
-    src, dst = eqn.invars[0].aval.dtype, eqn.outvars[0].aval.dtype
+    src, dst = _dtype(eqn.invars[0]), _dtype(eqn.outvars[0])
     return flags[0] and jnp.issubdtype(src, jnp.integer) and jnp.issubdtype(dst, jnp.inexact)
 
 
@@ -294,7 +299,7 @@ def _like(value: Any, aval: Any) -> Any:
 
 
 def _is_float(eqn: jcore.JaxprEqn) -> bool:
-    return all(jnp.issubdtype(v.aval.dtype, jnp.floating) for v in eqn.outvars)
+    return all(jnp.issubdtype(_dtype(v), jnp.floating) for v in eqn.outvars)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -328,7 +333,7 @@ class _Interpreter:
             pos = next((i for i, v in enumerate(eqn.outvars) if v is tap.var), None) if tap else None
             inflags = [_flag(v, dep) for v in eqn.invars]
             outs, outflags, hit = self.equation(eqn, invals, inflags, where, tap if pos is not None else None)
-            if pos is not None and not hit:
+            if tap is not None and pos is not None and not hit:
                 _check_tap(eqn, pos, where)
                 outs[pos] = outs[pos] + tap.delta.astype(outs[pos].dtype)
             applied = applied or pos is not None
@@ -350,7 +355,7 @@ class _Interpreter:
             if tap is not None:
                 var = jaxpr.outvars[eqn.outvars.index(tap.var)]
                 computed = not isinstance(var, jcore.Literal) and var not in jaxpr.invars
-                inner = Tap(var, tap.delta) if computed and var not in jaxpr.constvars else None
+                inner = Tap(var, tap.delta) if computed and isinstance(var, jcore.Var) and var not in jaxpr.constvars else None
             return self.run(jaxpr, consts, invals, flags, where + (_label(eqn),), inner)
         if not any(flags):
             return bind(eqn, invals), [False] * len(eqn.outvars), False

@@ -123,7 +123,7 @@ def erf_map(erf: EffectiveRF, *, ax: Axes | None = None, save: str | os.PathLike
     fig, ax = new_figure(ax)
     im = ax.imshow(erf.map, cmap="viridis", extent=(0, w, h, 0), interpolation="nearest", vmin=0.0)
     ax.figure.colorbar(im, ax=ax, label="mean |input gradient|")
-    if erf.rf_rect is not None:
+    if erf.rf_rect is not None and erf.rf is not None:
         t, l, b, r = erf.rf_rect
         ax.add_patch(
             Rectangle((l, t), r - l, b - t, fill=False, edgecolor="tab:red", linewidth=1.5, gid="rf",

@@ -49,7 +49,7 @@ def place(
     return np.asarray(
         place_jax(
             m,
-            tuple(int(v) for v in input_shape),
+            (int(input_shape[0]), int(input_shape[1])),
             jnp.asarray(offset, jnp.float32),
             jnp.asarray(stride, jnp.float32),
         )
@@ -71,6 +71,7 @@ def layer_rf(fn: Callable, params: Any, index: int, shape: tuple[int, int, int],
         raise RFError(
             f"the RF of layer {name!r} could not be measured ({str(e).rstrip('.')}); use placement='resize'."
         ) from e
+    assert isinstance(rf, ReceptiveField)  # a single-output function gives one result
     if rf.global_:
         raise RFError(
             f"every cell of layer {name!r} sees the whole input, so it has no RF centre; use placement='resize'."

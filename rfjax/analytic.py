@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from typing import Any, cast
 
 from rfjax._types import HW, ReceptiveField
 from rfjax.errors import RFError
@@ -43,6 +44,7 @@ def _pair(value: int | Sequence[int], what: str, minimum: int) -> Pair:
     """``value`` as an ``(h, w)`` pair of ints ``>= minimum`` (an int means square)."""
     if isinstance(value, bool):
         raise RFError(f"{what}={value!r} must be an int or a pair of ints (h, w).")
+    pair: tuple[int, ...]
     if isinstance(value, int):
         pair = (value, value)
     else:
@@ -71,7 +73,7 @@ def _padding(value: object) -> Padding:
             raise RFError(f"padding={value!r} must not be negative.")
         return ((value, value), (value, value))
     try:
-        (t, b), (left, r) = value  # type: ignore[misc]
+        (t, b), (left, r) = cast(Any, value)  # any nested pair; checked below
     except (TypeError, ValueError):
         raise RFError(
             f"padding={value!r} must be 'valid', 'same', an int or ((top, bottom), (left, right))."
@@ -227,14 +229,14 @@ def analytic_sweep(layers: Sequence[Layer], input_shape: Sequence[int]) -> list[
                     "pass a larger input_shape."
                 )
             state[a] = [m, jump * layer.stride[a], size + (layer.span(a) - 1) * jump, pad + before * jump]
-        size = HW(state[0][2], state[1][2])
-        pad = HW(state[0][3], state[1][3])
+        size_hw = HW(state[0][2], state[1][2])
+        pad_hw = HW(state[0][3], state[1][3])
         out.append(
             ReceptiveField(
-                size=size,
+                size=size_hw,
                 stride=HW(state[0][1], state[1][1]),
-                offset=HW(size.h / 2 - pad.h, size.w / 2 - pad.w),
-                padding=pad,
+                offset=HW(size_hw.h / 2 - pad_hw.h, size_hw.w / 2 - pad_hw.w),
+                padding=pad_hw,
                 input_shape=HW(*hw),
                 output_shape=HW(state[0][0], state[1][0]),
                 method="analytic",

@@ -156,7 +156,7 @@ class Layer:
             out = -(-n // s)
             total = max((out - 1) * s + self.span(axis) - n, 0)
             return (total // 2, total - total // 2)
-        return self.padding[axis]  # type: ignore[index,return-value]
+        return self.padding[axis]  # type: ignore[return-value]
 
     def padding_pairs(self, input_shape: Sequence[int]) -> tuple[Pair, Pair]:
         """Explicit ``((top, bottom), (left, right))`` padding for an ``(H, W)`` input

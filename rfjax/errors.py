@@ -67,3 +67,9 @@ def cause(e: BaseException, limit: int = 200) -> str:
     text = str(e).strip()
     first = text.splitlines()[0] if text else ""
     return f"{type(e).__name__}: {first[:limit]}" if first else type(e).__name__
+
+
+def output_label(name: object) -> str:
+    """How a message names an output: ``"the output"`` for a function's only one (``name``
+    ``None``), else ``"output 'name'"``."""
+    return "the output" if name is None else f"output {name!r}"

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from jax import lax
 
+import converters
 import rfjax
 from rfjax import activation_maps as C
 from rfjax.errors import RFError
@@ -293,7 +294,6 @@ def keras_model():
 
 
 def test_keras_model_cam_matches_keras_features_and_weights(keras_model):
-    converters = pytest.importorskip("converters")
     feature, dense = C.keras_cam_layers(keras_model)
     assert (feature, dense) == ("last_conv", "scores")
     x = np.random.default_rng(4).uniform(size=(2, 24, 24, 3)).astype(np.float32)

@@ -14,6 +14,7 @@ import time
 import numpy as np
 import pytest
 
+import converters
 from rfjax import activation_maps as C
 from rfjax.datasets import SHAPE_NAMES, shapes
 
@@ -64,7 +65,6 @@ def test_trained_keras_cnn_localises_shapes_with_cam(tmp_path):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     keras = pytest.importorskip("keras")
     tf = pytest.importorskip("tensorflow")
-    converters = pytest.importorskip("converters")
 
     train, held_out = shapes(2000, seed=1), shapes(200, seed=2)
     keras.utils.set_random_seed(0)

@@ -266,12 +266,15 @@ class _Log:
             os.close(self.fd)
 
 
+@dataclasses.dataclass
 class _Run:
     """One process's share of a sweep in progress: the keys finished (by any process, before
     or now), the log it appends to, its process index and the sweep's options."""
 
-    def __init__(self, done: set[str], log: _Log, index: int, max_input: int):
-        self.done, self.log, self.index, self.max_input = done, log, index, max_input
+    done: set[str]
+    log: _Log
+    index: int
+    max_input: int
 
     def finished(self, arch: Arch, shape: Sequence[int]) -> bool:
         if arch.layers is not None and all(_key(arch.name, lay, shape) in self.done for lay in arch.layers):

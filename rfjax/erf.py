@@ -26,7 +26,7 @@ import numpy as np
 
 from rfjax import memory
 from rfjax._types import HW, ReceptiveField
-from rfjax.contract import as_function
+from rfjax.contract import as_function, on_clear
 from rfjax.errors import RFError, cause, output_label
 
 __all__ = ["EffectiveRF", "effective_rf"]
@@ -107,6 +107,9 @@ def _program(fn: Callable, with_params: bool, squared: bool) -> Callable:
         return jnp.tensordot(weights, jax.vmap(one, in_axes=(None, 0, None))(params, xs, ct), axes=1)
 
     return jax.jit(run)
+
+
+on_clear(_program.cache_clear)
 
 
 def _mean_map(

@@ -53,17 +53,9 @@ def reference(fn, x):
 def test_packed_lines_equal_one_pass_per_line(name):
     fn = PRODUCT[name]
     x = jnp.ones((1, 60, 52, 1), jnp.float32)
-    _, _, shapes = engine.output_shapes(fn, x)
-    grid = (shapes[0][1], shapes[0][2])
-    chans = [np.ones((shapes[0][3],), np.float32)]
-
-    def run_many(per_output):
-        return engine._run_many(
-            lambda masks, ch: engine._run_slots(fn, None, x, masks, ch, input_channels="abs_sum", chunk=None, n_devices=1),
-            shapes, chans, per_output,
-        )
-
-    rows, cols = line_supports(run_many, {0: grid}, (60, 52))[0]
+    plan = engine.plan(fn, x, devices=1)
+    grid = plan.grid(0)
+    rows, cols = line_supports(plan.run_many, {0: grid}, (60, 52))[0]
     want_rows, want_cols = reference(fn, x)
     assert len(rows) == grid[0] and len(cols) == grid[1]
     for got, want in zip(rows, want_rows):

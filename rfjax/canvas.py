@@ -101,17 +101,8 @@ def box(
     """An unfilled rectangle for ``rect = (top, left, bottom, right)`` in image coordinates
     (x = column, y = row)."""
     t, l, b, r = (float(v) for v in rect)
-    return Rectangle(
-        (l, t),
-        r - l,
-        b - t,
-        fill=False,
-        edgecolor=colour,
-        linewidth=linewidth,
-        linestyle=linestyle,
-        gid=gid,
-        label=label,
-    )
+    line = {"edgecolor": colour, "linewidth": linewidth, "linestyle": linestyle}
+    return Rectangle((l, t), r - l, b - t, fill=False, gid=gid, label=label, **line)
 
 
 def titled(ax: Axes, title: str) -> None:

@@ -17,7 +17,9 @@ DN = ("NHWC", "HWIO", "NHWC")
 
 def conv(x, k, stride=1, dilation=1, padding="VALID"):
     w = jnp.ones((k, k, x.shape[-1], 1), jnp.float32)
-    return lax.conv_general_dilated(x, w, (stride, stride), padding, rhs_dilation=(dilation, dilation), dimension_numbers=DN)
+    return lax.conv_general_dilated(
+        x, w, (stride, stride), padding, rhs_dilation=(dilation, dilation), dimension_numbers=DN
+    )
 
 
 def uneven(x):
@@ -29,7 +31,9 @@ def uneven(x):
 
 
 PRODUCT = {
-    "readme-like": lambda x: conv(lax.reduce_window(conv(conv(x, 5), 3), 0.0, lax.add, (1, 2, 2, 1), (1, 2, 2, 1), "VALID"), 3),
+    "readme-like": lambda x: conv(
+        lax.reduce_window(conv(conv(x, 5), 3), 0.0, lax.add, (1, 2, 2, 1), (1, 2, 2, 1), "VALID"), 3
+    ),
     "dilated": lambda x: conv(conv(x, 3, dilation=3), 3, stride=2),
     "flipped": lambda x: conv(x, 3)[:, ::-1, ::-1],
     "same-stride3": lambda x: conv(conv(x, 4, stride=3, padding="SAME"), 3, padding="SAME"),

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from converters._graph import Graph, refs_in
 
 Bound = tuple[int, int, int, int]  # (size_h, size_w, stride_h, stride_w)
@@ -32,10 +34,12 @@ _WINDOWED = {
 _UNKNOWN = {"Conv2DTranspose", "UpSampling2D", "Resizing", "Reshape", "Flatten", "Permute", "Lambda"}
 
 
-def _pair(v: Any, default: int = 1) -> tuple[int, int]:
+def config_pair(v: Any, default: int = 1) -> tuple[int, int]:
+    """A Keras config's size, stride or rate as ``(h, w)`` Python ints: an int (Python or
+    NumPy) means square, ``None`` means ``(default, default)``."""
     if v is None:
         return (default, default)
-    return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
+    return (int(v), int(v)) if isinstance(v, (int, np.integer)) else (int(v[0]), int(v[1]))
 
 
 def rf_bounds(graph: Graph, global_nodes: frozenset[str]) -> dict[str, Bound | None]:
@@ -65,9 +69,9 @@ def rf_bounds(graph: Graph, global_nodes: frozenset[str]) -> dict[str, Bound | N
         keys = _WINDOWED.get(layer.class_name)
         if keys is not None:
             cfg = layer.config
-            k = _pair(cfg.get(keys[0]))
-            s = _pair(cfg.get(keys[1]), 0) if cfg.get(keys[1]) is not None else k
-            d = _pair(cfg.get(keys[2])) if keys[2] else (1, 1)
+            k = config_pair(cfg.get(keys[0]))
+            s = config_pair(cfg.get(keys[1]), 0) if cfg.get(keys[1]) is not None else k
+            d = config_pair(cfg.get(keys[2])) if keys[2] else (1, 1)
             r_h, r_w = r_h + d[0] * (k[0] - 1) * j_h, r_w + d[1] * (k[1] - 1) * j_w
             j_h, j_w = j_h * s[0], j_w * s[1]
         out[node.name] = (r_h, r_w, j_h, j_w)

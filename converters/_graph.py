@@ -66,7 +66,6 @@ class Graph:
     outputs: tuple[str, ...]
     input_shape: tuple[int | None, ...]  # Keras' own layout, without the batch axis
     aliases: dict[str, Ref] = field(default_factory=dict)  # nested models' names -> their output
-    cache: dict = field(default_factory=dict, compare=False, repr=False)  # derived facts, e.g. global nodes
 
     @property
     def channels_first(self) -> bool:

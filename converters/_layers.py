@@ -14,7 +14,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from functools import reduce
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -23,14 +22,12 @@ from jax import lax
 
 from converters._activations import activation, relu
 from converters._conv import conv, max_pool
+from converters._geometry import config_pair
 from converters._registry import Params, register
 from rfjax.errors import RFError
+from rfjax.prepare import constant_kernel
 
 # --------------------------------------------------------------------------- helpers
-
-
-def _pair(v: Any) -> tuple[int, int]:
-    return (int(v), int(v)) if isinstance(v, (int, np.integer)) else (int(v[0]), int(v[1]))
 
 
 def _channels_first(config: dict) -> bool:
@@ -56,10 +53,9 @@ def _add_channels(y: jax.Array, b: jax.Array, channels_first: bool) -> jax.Array
 
 
 def _rf_kernel(kernel: np.ndarray) -> np.ndarray:
-    """The RF-mode constant kernel: ``1 / (C_in * sqrt(kh * kw))`` (HWIO), ``1 / C_in`` (dense)."""
-    shape = kernel.shape
-    fan = shape[-2] * math.sqrt(math.prod(shape[:-2])) if len(shape) > 2 else shape[0]
-    return np.full(shape, 1.0 / fan, np.float32)
+    """The RF-mode constant kernel (:func:`rfjax.prepare.constant_kernel`: ``1 / (C_in *
+    sqrt(kh * kw))`` for HWIO, ``1 / C_in`` for dense)."""
+    return np.full(kernel.shape, constant_kernel(kernel.shape), np.float32)
 
 
 def _kernel_params(config: dict, weights: dict, rf: bool, kernel: np.ndarray, name: str = "kernel") -> Params:
@@ -108,7 +104,11 @@ def passthrough(config: dict, weights: dict, rf: bool):
 
 @register("Conv2D")
 def conv2d(config: dict, weights: dict, rf: bool):
-    cf, strides, dilation = _channels_first(config), _pair(config["strides"]), _pair(config["dilation_rate"])
+    cf, strides, dilation = (
+        _channels_first(config),
+        config_pair(config["strides"]),
+        config_pair(config["dilation_rate"]),
+    )
     padding, groups = config["padding"].upper(), int(config.get("groups", 1))
     act = activation(config.get("activation"), rf)
 
@@ -128,7 +128,7 @@ def _depthwise_kernel(kernel: np.ndarray) -> np.ndarray:
 
 def _depthwise(x: jax.Array, kernel: jax.Array, config: dict) -> jax.Array:
     groups = kernel.shape[-1] // int(config.get("depth_multiplier", 1))
-    strides, dilation = _pair(config["strides"]), _pair(config["dilation_rate"])
+    strides, dilation = config_pair(config["strides"]), config_pair(config["dilation_rate"])
     return conv(x, kernel, strides, config["padding"].upper(), dilation, groups, _channels_first(config))
 
 
@@ -180,9 +180,9 @@ def _transpose_padding(size: int, k: int, s: int, d: int, padding: str, output_p
 @register("Conv2DTranspose")
 def conv2d_transpose(config: dict, weights: dict, rf: bool):
     cf, act = _channels_first(config), activation(config.get("activation"), rf)
-    strides, dilation = _pair(config["strides"]), _pair(config["dilation_rate"])
+    strides, dilation = config_pair(config["strides"]), config_pair(config["dilation_rate"])
     out_pad = config.get("output_padding")
-    out_pad = (None, None) if out_pad is None else _pair(out_pad)
+    out_pad = (None, None) if out_pad is None else config_pair(out_pad)
     kernel = np.ascontiguousarray(weights["kernel"].transpose(0, 1, 3, 2))  # (kh, kw, C_in, filters)
 
     def apply(p, x):
@@ -219,8 +219,8 @@ def dense(config: dict, weights: dict, rf: bool):
 
 
 def _pool_args(config: dict):
-    size = _pair(config["pool_size"])
-    strides = size if config.get("strides") is None else _pair(config["strides"])
+    size = config_pair(config["pool_size"])
+    strides = size if config.get("strides") is None else config_pair(config["strides"])
     return _window(config, size), _window(config, strides), config["padding"].upper()
 
 
@@ -236,7 +236,7 @@ def _avg_pool(x: jax.Array, config: dict) -> jax.Array:
     counts = np.ones([1] * x.ndim, np.float32)
     for a in _spatial_axes(config):
         n, k, st = x.shape[a], window[a], strides[a]
-        (lo, _), = lax.padtype_to_pads((n,), (k,), (st,), "SAME")
+        ((lo, _),) = lax.padtype_to_pads((n,), (k,), (st,), "SAME")
         start = np.arange(total.shape[a]) * st - lo
         per_axis = (np.minimum(start + k, n) - np.maximum(start, 0)).astype(np.float32)
         counts = counts * per_axis.reshape([-1 if b == a else 1 for b in range(x.ndim)])
@@ -435,7 +435,7 @@ def cropping2d(config: dict, weights: dict, rf: bool):
 
 @register("UpSampling2D")
 def up_sampling2d(config: dict, weights: dict, rf: bool):
-    (sh, sw), axes = _pair(config["size"]), _spatial_axes(config)
+    (sh, sw), axes = config_pair(config["size"]), _spatial_axes(config)
     method = config.get("interpolation", "nearest")
     if method == "nearest":
         return (lambda p, x: jnp.repeat(jnp.repeat(x, sh, axis=axes[0]), sw, axis=axes[1])), {}

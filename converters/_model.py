@@ -87,15 +87,18 @@ class KerasModel(ConvertedModel):
         rf: bool = False,
         hold: frozenset[str] = frozenset(),
         one_channel: bool = False,
-        _built: tuple[dict, dict] | None = None,
+        _derived: dict | None = None,
     ):
         self._graph, self._rf, self._hold, self._one = graph, rf, hold, one_channel and rf
-        if _built is None:  # built once per graph and mode: copies share functions and weights
-            _built = graph.cache.get(("built", rf, self._one))
-            if _built is None:
-                _built = graph.cache[("built", rf, self._one)] = _build(graph, rf, self._one)
-        self._fns: dict[str, Callable] = _built[0]
-        self.params = _built[1]
+        # facts derived from the graph (functions and weights per mode, global nodes, closed-form
+        # bounds, traced shapes per input size), shared by this model and every copy of it and
+        # dropped with the last of them
+        self._derived = {} if _derived is None else _derived
+        key = ("built", rf, self._one)
+        if key not in self._derived:
+            self._derived[key] = _build(graph, rf, self._one)
+        self._fns: dict[str, Callable] = self._derived[key][0]
+        self.params = self._derived[key][1]
         # where the one-channel RF copy applies its supports-only backward rule: after
         # layers that spread a gradient spatially (the rest are identities or means there)
         self._support_layers = (
@@ -169,7 +172,7 @@ class KerasModel(ConvertedModel):
             rf=self._rf,
             hold=self._hold,
             one_channel=self._one,
-            _built=(self._fns, self.params),
+            _derived=self._derived,
         )
 
     def global_nodes(self) -> frozenset[str]:
@@ -177,17 +180,17 @@ class KerasModel(ConvertedModel):
         flatten before a dense head. Their output shape does not follow the input
         size, which is how they are found: shapes are traced (no compute) at the input
         size and at twice it. Empty when the model only runs at one input size."""
-        if "global_nodes" not in self._graph.cache:
-            self._graph.cache["global_nodes"] = self._find_global_nodes()
-        return self._graph.cache["global_nodes"]
+        if "global_nodes" not in self._derived:
+            self._derived["global_nodes"] = self._find_global_nodes()
+        return self._derived["global_nodes"]
 
     def rf_bound(self, name: str) -> RFBound | None:
         """RF size and stride of layer ``name`` along its local paths, in closed form from the layer configs (see
         :mod:`converters._geometry`); ``None`` where a layer's geometry is unknown.
         Used to pick an input large enough for a measurement in one step."""
-        if "rf_bounds" not in self._graph.cache:
-            self._graph.cache["rf_bounds"] = rf_bounds(self._graph, self.global_nodes())
-        bound = self._graph.cache["rf_bounds"].get(self._ref(self._check_name(name)).node)
+        if "rf_bounds" not in self._derived:
+            self._derived["rf_bounds"] = rf_bounds(self._graph, self.global_nodes())
+        bound = self._derived["rf_bounds"].get(self._ref(self._check_name(name)).node)
         return None if bound is None else RFBound(HW(bound[0], bound[1]), HW(bound[2], bound[3]))
 
     def depends_globally(self, name: str) -> bool:
@@ -207,7 +210,7 @@ class KerasModel(ConvertedModel):
             rf=self._rf,
             hold=self.global_nodes(),
             one_channel=self._one,
-            _built=(self._fns, self.params),
+            _derived=self._derived,
         )
 
     def prepared(self, *, one_channel: bool = False) -> KerasModel:
@@ -238,6 +241,7 @@ class KerasModel(ConvertedModel):
             rf=True,
             hold=self._hold,
             one_channel=one_channel,
+            _derived=self._derived,
         )
 
     def __repr__(self) -> str:
@@ -271,14 +275,14 @@ class KerasModel(ConvertedModel):
         """``{node: [output shapes]}`` for an ``h x w`` input (cached per size), traced
         through the one-channel RF copy or, with ``one_channel=False``, this model."""
         key = ("node_shapes", h, w, one_channel)
-        if key not in self._graph.cache:
+        if key not in self._derived:
             model = self.prepared(one_channel=True) if one_channel else self
             c = 1 if model._one else self.input_shape[2]
             plan = tuple(n for n in self._graph.nodes if n.name != self._graph.input)
             x = jax.ShapeDtypeStruct((1, c, h, w) if self.channels_first else (1, h, w, c), jnp.float32)
             env = jax.eval_shape(lambda x: model._run(model.params, x, plan, supports=False), x)
-            self._graph.cache[key] = {k: jax.tree.map(lambda a: tuple(a.shape), v) for k, v in env.items()}
-        return self._graph.cache[key]
+            self._derived[key] = {k: jax.tree.map(lambda a: tuple(a.shape), v) for k, v in env.items()}
+        return self._derived[key]
 
     def _nhwc_shape(self, shape: Any) -> Any:
         if self.channels_first and isinstance(shape, tuple) and len(shape) == 4:
@@ -351,7 +355,9 @@ def _spreads(class_name: str, config: dict) -> bool:
 @jax.custom_vjp
 def _support_only(y: jax.Array) -> jax.Array:
     """Identity whose backward pass keeps only the support of the cotangent (1 where it
-    is non-zero). The one-channel RF copy applies it after every layer: its fit reads
+    is non-zero). The one-channel RF copy applies it after the layers that spread a
+    gradient to neighbouring pixels (:func:`_spreads`: convolutions, pooling and resizing
+    with windows larger than 1; the others are identities or means there): its fit reads
     supports only, and with true magnitudes the fringe of a deep network's RF falls
     below float32's range (a 3x3 layer scales the centre by 3 and the edge by 1/3, so
     InceptionResNetV2's edges reached 1e-45 and were flushed to zero)."""

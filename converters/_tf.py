@@ -2,9 +2,9 @@
 
 `tf2jax <https://github.com/google-deepmind/tf2jax>`_ turns the graph of a traced
 ``tf.function`` into a JAX function op by op (its registry of op converters lives in
-``tf2jax/_src/ops.py``). This module wraps the result in the interface of
-:class:`converters.KerasModel` that rfjax uses: ``apply(params, x)`` returning
-``{output name: array}``, ``params``, ``output_names``, ``layer_names``,
+``tf2jax/_src/ops.py``). This module wraps the result as a
+:class:`rfjax.contract.ConvertedModel` (:class:`TFModel`): ``apply(params, x)``
+returning ``{output name: array}``, ``params``, ``output_names``, ``layer_names``,
 ``input_shape``, ``with_outputs`` and ``prepared``.
 """
 
@@ -17,9 +17,9 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from converters._registry import check_name
+from rfjax._types import check_input_shape
 from rfjax.contract import ConvertedModel
 from rfjax.errors import RFError
 from rfjax.prepare import KERNEL_NAMES, ONE_NAMES, ZERO_NAMES, linearize, prepare_params
@@ -156,15 +156,6 @@ def _load_signature(path: str | os.PathLike, signature: str) -> tuple[Any, Any]:
         )
         raise RFError(f"the SavedModel at {path!r} has no signature {signature!r}; {has}.")
     return loaded, signatures[signature]
-
-
-def _check_shape(input_shape: Sequence[int]) -> tuple[int, int, int]:
-    shape = tuple(input_shape)
-    if len(shape) != 3 or not all(
-        isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v > 0 for v in shape
-    ):
-        raise RFError(f"input_shape={shape!r} must be three positive integers (H, W, C).")
-    return tuple(int(v) for v in shape)  # type: ignore[return-value]
 
 
 def _source(fn_or_path: Any, input_shape: tuple[int, int, int] | None, signature: str) -> _Source:
@@ -354,6 +345,6 @@ def from_tf(
       RFError: a missing or unreadable SavedModel or signature, an op tf2jax cannot
         convert, a missing input shape, or an input that is not one float NHWC tensor.
     """
-    shape = None if input_shape is None else _check_shape(input_shape)
+    shape = None if input_shape is None else check_input_shape(input_shape)
     source = _source(fn_or_path, shape, signature)
     return TFModel(source, _resolve_shape(source, shape), outputs)

@@ -1,4 +1,5 @@
-"""Result types shared by the engine, the fit, the analytic calculator and the plots.
+"""Result types shared by the engine, the fit, the analytic calculator and the plots, and the
+one check of an ``input_shape`` argument.
 
 Conventions (everywhere in rfjax):
 
@@ -13,9 +14,12 @@ Conventions (everywhere in rfjax):
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import numpy as np
+
+from rfjax.errors import RFError
 
 
 class HW(NamedTuple):
@@ -23,6 +27,16 @@ class HW(NamedTuple):
 
     h: float
     w: float
+
+
+def check_input_shape(input_shape: Sequence[int]) -> tuple[int, int, int]:
+    """``input_shape`` as ``(H, W, C)`` Python ints, else an RFError naming it."""
+    shape = tuple(input_shape)
+    if len(shape) != 3 or not all(
+        isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v > 0 for v in shape
+    ):
+        raise RFError(f"input_shape={shape!r} must be three positive integers (H, W, C).")
+    return (int(shape[0]), int(shape[1]), int(shape[2]))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,7 +63,11 @@ class GradientMaps:
     @property
     def full_grid(self) -> bool:
         """Whether every cell was computed (``maps`` is then laid out on the grid)."""
-        return len(self.cells) == self.output_shape[0] * self.output_shape[1] and self.maps.shape[:2] == tuple(self.output_shape) and self.maps.ndim >= 4
+        return (
+            len(self.cells) == self.output_shape[0] * self.output_shape[1]
+            and self.maps.shape[:2] == tuple(self.output_shape)
+            and self.maps.ndim >= 4
+        )
 
     @property
     def flat(self) -> np.ndarray:
@@ -60,7 +78,9 @@ class GradientMaps:
         """The input gradient of grid cell ``(i, j)``, ``(H, W[, C])``."""
         rows = np.flatnonzero((self.cells[:, 0] == cell[0]) & (self.cells[:, 1] == cell[1]))
         if rows.size == 0:
-            raise KeyError(f"cell {tuple(cell)} was not computed; pass it in cells= (the grid is {tuple(self.output_shape)})")
+            raise KeyError(
+                f"cell {tuple(cell)} was not computed; pass it in cells= (the grid is {tuple(self.output_shape)})"
+            )
         return self.flat[rows[0]]
 
 

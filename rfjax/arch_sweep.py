@@ -21,6 +21,7 @@ import contextlib
 import dataclasses
 import difflib
 import errno
+import functools
 import json
 import os
 import re
@@ -30,11 +31,13 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from rfjax.errors import RFError, RFTooLarge, RFWriteError, cause
+from rfjax.errors import RFError, RFWriteError, cause
 from rfjax.growth import MAX_INPUT
 
 FORMAT = "rfjax-sweep/2"  # 2: input_shape is the requested size, measured_shape where it was measured
 _SPEC_KEYS = ("name", "layers", "input_sizes", "grow")
+#: The input size of an architecture whose sizes are not given: ImageNet's ``(H, W, C)``.
+DEFAULT_INPUT = (224, 224, 3)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,7 +58,7 @@ class Arch:
 
     name: str
     layers: tuple[str, ...] | None = None
-    input_sizes: tuple[tuple[int, int, int], ...] = ((224, 224, 3),)
+    input_sizes: tuple[tuple[int, int, int], ...] = (DEFAULT_INPUT,)
     build: Callable[[tuple[int, int, int]], Any] | None = None
     grow: bool = False
 
@@ -66,13 +69,9 @@ def load_spec(path: str | os.PathLike) -> list[Arch]:
     try:
         data = json.loads(Path(path).read_text())
     except OSError as e:
-        raise RFError(
-            f"spec file {os.fspath(path)!r} cannot be read ({e.strerror}); check the path."
-        ) from e
+        raise RFError(f"spec file {os.fspath(path)!r} cannot be read ({e.strerror}); check the path.") from e
     except json.JSONDecodeError as e:
-        raise RFError(
-            f"spec file {os.fspath(path)!r} is not valid JSON (line {e.lineno}: {e.msg})."
-        ) from e
+        raise RFError(f"spec file {os.fspath(path)!r} is not valid JSON (line {e.lineno}: {e.msg}).") from e
     if not isinstance(data, dict) or "architectures" not in data:
         raise RFError(
             f"spec file {os.fspath(path)!r} needs a top-level key 'architectures' with a list of entries."
@@ -88,7 +87,7 @@ def load_spec(path: str | os.PathLike) -> list[Arch]:
             raise RFError(f"spec entry {i} has an unknown key {unknown[0]!r}; {hint}")
         if "name" not in entry:
             raise RFError(f"spec entry {i} has no 'name'.")
-        sizes = tuple(tuple(int(v) for v in s) for s in entry.get("input_sizes", [[224, 224, 3]]))
+        sizes = tuple(tuple(int(v) for v in s) for s in entry.get("input_sizes", [DEFAULT_INPUT]))
         if any(len(s) != 3 for s in sizes):
             raise RFError(f"spec entry {i} ({entry['name']}): input_sizes must be [H, W, C] triples.")
         layers = entry.get("layers")
@@ -267,6 +266,69 @@ class _Log:
             os.close(self.fd)
 
 
+@dataclasses.dataclass
+class _Run:
+    """One process's share of a sweep in progress: the keys finished (by any process, before
+    or now), the log it appends to, its process index and the sweep's options."""
+
+    done: set[str]
+    log: _Log
+    index: int
+    max_input: int
+
+    def finished(self, arch: Arch, shape: Sequence[int]) -> bool:
+        if arch.layers is not None and all(_key(arch.name, lay, shape) in self.done for lay in arch.layers):
+            return True
+        # recorded as failed before: delete its line to retry
+        return _key(arch.name, None, shape) in self.done
+
+    def record(self, arch: Arch, shape: Sequence[int], t0: float, row: Any) -> None:
+        """Append one measured :class:`~rfjax.layer_sweep.LayerRF` row (timed from ``t0``)."""
+        rec = {"key": _key(arch.name, row.layer, shape), "arch": arch.name, "input": list(shape)}
+        if rec["key"] in self.done:
+            return  # a function's layers are known only as it runs: some were measured before
+        rec.update(row.as_dict())
+        rec["process"] = self.index
+        rec["seconds"] = round(time.perf_counter() - t0, 3)
+        self.log.append(rec)
+        self.done.add(rec["key"])
+
+    def fail(self, arch: Arch, shape: Sequence[int], e: BaseException) -> None:
+        """Append the one error row of an architecture that failed at ``shape``."""
+        key = _key(arch.name, None, shape)
+        rec = {
+            "key": key,
+            "arch": arch.name,
+            "input": list(shape),
+            "layer": None,
+            "status": "error",
+            "process": self.index,
+            "error": cause(e, limit=500),
+        }
+        self.log.append(rec)
+        self.done.add(key)
+
+
+class _Ahead:
+    """Builds the next model (Keras, conversion) on a thread while this one is measured:
+    XLA compiles and runs without Python's lock, so most of the building is hidden."""
+
+    def __init__(self, units: list[tuple[Arch, tuple[int, int, int]]], finished: Callable[..., bool]):
+        self.units, self.finished = units, finished
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rfjax-build")
+        self.futures: dict[int, Future] = {}
+
+    def submit(self, i: int) -> None:
+        if i < len(self.units) and i not in self.futures and not self.finished(*self.units[i]):
+            self.futures[i] = self.pool.submit(_build, *self.units[i], True)
+
+    def take(self, i: int) -> Future | None:
+        return self.futures.pop(i, None)
+
+    def shutdown(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+
 def sweep(
     archs: Sequence[Arch | str],
     out: str | os.PathLike,
@@ -296,89 +358,71 @@ def sweep(
     """
     from tqdm.auto import tqdm
 
-    from rfjax.layer_sweep import sweep_layers
-
     index, count, joint = _processes(process_index, process_count)
     archs = [Arch(a) if isinstance(a, str) else a for a in archs]
     path = Path(out)
     done = {r["key"] for r in read_rows(path)}
     log = _Log(path if count == 1 else shard_path(path, index))
+    run = _Run(done, log, index, max_input)
     units = [(arch, shape) for arch in archs for shape in arch.input_sizes][index::count]
     bar = tqdm(units, unit="model", disable=not progress)
-
-    def finished(arch: Arch, shape) -> bool:
-        if arch.layers is not None and all(_key(arch.name, lay, shape) in done for lay in arch.layers):
-            return True
-        return _key(arch.name, None, shape) in done  # recorded as failed before; delete its line to retry
-
-    # The next model is built (Keras, conversion) on a thread while this one is measured:
-    # XLA compiles and runs without Python's lock, so most of the building is hidden.
-    builder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rfjax-build")
-    ahead: dict[int, Future] = {}
-
-    def build_ahead(i: int) -> None:
-        if i < len(units) and i not in ahead and not finished(*units[i]):
-            ahead[i] = builder.submit(_build, units[i][0], units[i][1], True)
-
+    ahead = _Ahead(units, run.finished)
     try:
         for i, (arch, shape) in enumerate(bar):
             bar.set_postfix_str(f"{arch.name} {'x'.join(map(str, shape))}")
-            arch_key = _key(arch.name, None, shape)
-            wanted = arch.layers
-            if finished(arch, shape):
-                ahead.pop(i, None)
+            if run.finished(arch, shape):
+                ahead.take(i)
                 continue
-            build_ahead(i)
-            build_ahead(i + 1)
-            t0 = time.perf_counter()
-
-            def measure(dynamic: bool, arch=arch, shape=shape, t0=t0, wanted=wanted, i=i) -> None:
-                prebuilt = ahead.pop(i, None) if dynamic else None
-                model = prebuilt.result() if prebuilt is not None else _build(arch, shape, dynamic)
-                layers = (
-                    list(wanted) if wanted is not None else list(getattr(model, "output_names", [])) or None
-                )
-                todo = [lay for lay in layers if _key(arch.name, lay, shape) not in done] if layers else None
-                if layers and not todo:
-                    return  # its outputs, known only once built, were all measured before
-
-                def record(row):
-                    rec = {"key": _key(arch.name, row.layer, shape), "arch": arch.name, "input": list(shape)}
-                    if rec["key"] in done:
-                        return  # a function's layers are known only as it runs: some were measured before
-                    rec.update(row.as_dict())
-                    rec["process"] = index
-                    rec["seconds"] = round(time.perf_counter() - t0, 3)
-                    log.append(rec)
-                    done.add(rec["key"])
-
-                sweep_layers(model, shape, layers=todo, grow=arch.grow, max_input=max_input, on_row=record)
-
-            try:
-                try:
-                    measure(dynamic=True)
-                except RFWriteError:
-                    raise
-                except Exception:
-                    if not _zoo_name(arch):
-                        raise
-                    # a model that fixes its graph from the input size (NASNet builds with
-                    # unknown sizes, then fails at real ones): build it at this size
-                    measure(dynamic=False)
-            except (KeyboardInterrupt, SystemExit):
-                raise
-            except RFWriteError:
-                raise
-            except RFError as e:
-                _fail(log, done, arch_key, arch, shape, index, e)
-            except RFTooLarge as e:  # pragma: no cover - sweep_layers records these as rows
-                _fail(log, done, arch_key, arch, shape, index, e)
-            except Exception as e:  # noqa: BLE001 - a failing architecture must not stop the sweep
-                _fail(log, done, arch_key, arch, shape, index, e)
+            ahead.submit(i)
+            ahead.submit(i + 1)
+            _sweep_unit(run, ahead.take(i), arch, shape)
     finally:
-        builder.shutdown(wait=False, cancel_futures=True)
+        ahead.shutdown()
         bar.close()
         log.close()
+    _merge_after(path, index, count, joint)
+    return read_rows(path)
+
+
+def _sweep_unit(run: _Run, prebuilt: Future | None, arch: Arch, shape: tuple[int, int, int]) -> None:
+    """Measure one ``(architecture, input size)``; any failure but a failed write becomes
+    its error row, and the sweep goes on."""
+    t0 = time.perf_counter()
+    try:
+        try:
+            model = prebuilt.result() if prebuilt is not None else _build(arch, shape, True)
+            _measure(run, arch, shape, model, t0)
+        except RFWriteError:
+            raise
+        except Exception:
+            if not _zoo_name(arch):
+                raise
+            # a model that fixes its graph from the input size (NASNet builds with
+            # unknown sizes, then fails at real ones): build it at this size
+            _measure(run, arch, shape, _build(arch, shape, False), t0)
+    except RFWriteError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a failing architecture must not stop the sweep
+        run.fail(arch, shape, e)
+
+
+def _measure(run: _Run, arch: Arch, shape: tuple[int, int, int], model: Any, t0: float) -> None:
+    """Sweep the layers of ``model`` not measured yet, appending each row as it comes."""
+    from rfjax.layer_sweep import sweep_layers
+
+    layers = (
+        list(arch.layers) if arch.layers is not None else list(getattr(model, "output_names", [])) or None
+    )
+    todo = [lay for lay in layers if _key(arch.name, lay, shape) not in run.done] if layers else None
+    if layers and not todo:
+        return  # its outputs, known only once built, were all measured before
+    on_row = functools.partial(run.record, arch, shape, t0)
+    sweep_layers(model, shape, layers=todo, grow=arch.grow, max_input=run.max_input, on_row=on_row)
+
+
+def _merge_after(path: Path, index: int, count: int, joint: bool) -> None:
+    """Fold the shards into ``path`` once every process is done (process 0 of a job, or a
+    one-process run finding shards of an earlier multi-process one)."""
     if joint:
         from rfjax.distributed import barrier
 
@@ -388,7 +432,6 @@ def sweep(
         barrier(f"rfjax-sweep-merged:{path.name}")
     elif count == 1:
         merge_shards(path)  # shards left by an earlier multi-process run
-    return read_rows(path)
 
 
 def _processes(index: int | None, count: int | None) -> tuple[int, int, bool]:
@@ -437,17 +480,3 @@ def merge_shards(out: str | os.PathLike) -> int:
     for shard in shards:
         shard.unlink(missing_ok=True)
     return len(new)
-
-
-def _fail(log: _Log, done: set, key: str, arch: Arch, shape, process: int, e: BaseException) -> None:
-    rec = {
-        "key": key,
-        "arch": arch.name,
-        "input": list(shape),
-        "layer": None,
-        "status": "error",
-        "process": process,
-        "error": cause(e, limit=500),
-    }
-    log.append(rec)
-    done.add(key)

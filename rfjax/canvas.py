@@ -8,6 +8,7 @@ origin upper left); ``save=`` paths are checked before anything is drawn.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -92,6 +93,23 @@ def frame(ax: Axes, h: int, w: int) -> None:
     ax.set_xlim(-m, w + m)
     ax.set_ylim(h + m, -m)
     ax.set_aspect("equal")
+
+
+def box(
+    rect: Sequence[float], colour: str, gid: str, label: str, linewidth: float = 2, linestyle: str = "-"
+) -> Rectangle:
+    """An unfilled rectangle for ``rect = (top, left, bottom, right)`` in image coordinates
+    (x = column, y = row)."""
+    t, l, b, r = (float(v) for v in rect)
+    line = {"edgecolor": colour, "linewidth": linewidth, "linestyle": linestyle}
+    return Rectangle((l, t), r - l, b - t, fill=False, gid=gid, label=label, **line)
+
+
+def titled(ax: Axes, title: str) -> None:
+    """Set the title and name the image axes (x = w, the column; y = h, the row)."""
+    ax.set_title(title)
+    ax.set_xlabel("w (column)")
+    ax.set_ylabel("h (row)")
 
 
 def legend_below(ax: Axes) -> None:

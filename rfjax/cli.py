@@ -79,9 +79,9 @@ def _load_model(spec: str, input_shape: tuple[int, int, int] | None):
         import converters
 
         return converters.from_keras(spec, input_shape=input_shape)
-    from rfjax.arch_sweep import keras_application
+    from rfjax.arch_sweep import DEFAULT_INPUT, keras_application
 
-    return keras_application(spec, input_shape or (224, 224, 3))
+    return keras_application(spec, input_shape or DEFAULT_INPUT)
 
 
 def _estimate(args: argparse.Namespace) -> int:
@@ -189,9 +189,7 @@ def _read_image(path: str, hw: tuple[int, int], scale: float) -> np.ndarray:
     try:
         img = np.asarray(matplotlib.image.imread(path), np.float32)
     except (OSError, ValueError, SyntaxError) as e:
-        raise RFError(
-            f"image {path!r} cannot be read ({type(e).__name__}); pass PNG or JPEG files."
-        ) from e
+        raise RFError(f"image {path!r} cannot be read ({type(e).__name__}); pass PNG or JPEG files.") from e
     if img.dtype.kind == "f" and img.max() > 1.0:
         img = img / 255.0
     if img.ndim == 2:
@@ -239,6 +237,9 @@ def _one(result: Any, name: Any = None) -> Any:
     return result[name] if isinstance(result, dict) else result
 
 
+_MODEL_HELP = "a .keras/.h5 file, or a keras.applications name such as VGG16 (built offline, weights=None)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="rfjax",
@@ -249,6 +250,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--debug", action="store_true", help="on an error, also print the chain of causes (Python tracebacks)"
     )
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    for add in (_add_demo, _add_estimate, _add_sweep_layers, _add_sweep, _add_cam):
+        add(sub)
+    return p
+
+
+def _add_demo(sub: Any) -> None:
+    """The ``demo`` command."""
     d = sub.add_parser(
         "demo",
         help="RF of the receptivefield README network (built in Flax, no download) and two figures",
@@ -260,14 +268,16 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=0, help="seed of the (irrelevant) initial weights")
     d.set_defaults(func=_demo)
 
-    model_help = "a .keras/.h5 file, or a keras.applications name such as VGG16 (built offline, weights=None)"
+
+def _add_estimate(sub: Any) -> None:
+    """The ``estimate`` command."""
     e = sub.add_parser(
         "estimate",
         help="RF of one layer of a Keras model, with figures",
         description="Converts the model to JAX, prepares it for RF estimation (linear activations, average "
         "pooling, constant weights), prints the RF of one layer and writes two figures.",
     )
-    e.add_argument("model", metavar="MODEL", help=model_help)
+    e.add_argument("model", metavar="MODEL", help=_MODEL_HELP)
     e.add_argument("--layer", help="layer name (default: the model's last output)")
     e.add_argument("--input", type=_shape, help="input size HxWxC, e.g. 224x224x3 (default: the model's)")
     e.add_argument("--grow", action="store_true", help="grow the input when the RF is larger than it")
@@ -276,13 +286,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     e.set_defaults(func=_estimate)
 
+
+def _add_sweep_layers(sub: Any) -> None:
+    """The ``sweep-layers`` command."""
     sl = sub.add_parser(
         "sweep-layers",
         help="RF of every spatial layer of a Keras model: table and plot",
         description="Measures the RF of every layer with a 4-D output and writes a CSV (or JSON) table and a "
         "plot of RF size against depth.",
     )
-    sl.add_argument("model", metavar="MODEL", help=model_help)
+    sl.add_argument("model", metavar="MODEL", help=_MODEL_HELP)
     sl.add_argument("--input", type=_shape, help="input size HxWxC (default: the model's)")
     sl.add_argument(
         "--grow", action="store_true", help="grow the input for layers whose RF is larger than it"
@@ -293,6 +306,9 @@ def build_parser() -> argparse.ArgumentParser:
     sl.add_argument("--plot", default="rf_layers.png", help="output plot (default: rf_layers.png)")
     sl.set_defaults(func=_sweep_layers)
 
+
+def _add_sweep(sub: Any) -> None:
+    """The ``sweep`` command."""
     sw = sub.add_parser(
         "sweep",
         help="RF of chosen layers of many architectures, resumable",
@@ -310,7 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=MAX_INPUT,
         metavar="N",
-        help="largest input side a growing entry may reach (default: 4096)",
+        help=f"largest input side a growing entry may reach (default: {MAX_INPUT})",
     )
     sw.add_argument(
         "--processes",
@@ -327,6 +343,9 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--process-id", type=int, metavar="K", help="multi-host run: this process, 0 .. N-1")
     sw.set_defaults(func=_sweep)
 
+
+def _add_cam(sub: Any) -> None:
+    """The ``cam`` command."""
     c = sub.add_parser(
         "cam",
         help="class activation maps of a Keras classifier over your images",
@@ -342,7 +361,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     c.add_argument("--out", default="rfjax-cam", help="folder for the overlays (default: ./rfjax-cam)")
     c.set_defaults(func=_cam)
-    return p
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -300,8 +300,29 @@ def as_function(model: Any, params: Any = None) -> tuple[Callable, Any]:
 
 
 def clear_caches() -> None:
-    """Forget every conversion and compiled view rfjax keeps for models it has seen
-    (they are otherwise kept while the model object lives)."""
+    """Forget every conversion, compiled program and view rfjax keeps for models and
+    functions it has seen.
+
+    Caches (the one policy): rfjax caches only what makes a repeated call on the same
+    model or function fast, in memory, and this call drops all of it. A module that keeps
+    a cache registers its clearing function with :func:`on_clear`.
+
+    * Conversions of framework model objects (:func:`resolve_model`): keyed weakly by the
+      object, then by input shape; kept while the object lives. Files are converted anew.
+    * Views of converted models (prepared, restricted to outputs, global branches held):
+      keyed weakly by the model.
+    * Compiled programs: the engine's forward and backward passes, the CAM, ERF and RF
+      programs, the linearised and one-output wrappers of a function. ``lru_cache``s keyed
+      by the function's identity and the program's options, 16 to 256 entries each, least
+      recently used dropped first; until then they keep the function, and the weights it
+      closes over, alive.
+    * Compiled executables per argument shapes (:mod:`rfjax.memory`): the last 256.
+    * Flax NNX apply functions: one per graph definition.
+
+    Not global, so not cleared here: what a converted model derives from its own graph
+    (built functions per mode, global nodes, closed-form bounds, traced shapes) lives in
+    the model and its copies and goes with them. Nothing is cached on disk.
+    """
     _CONVERTED.clear()
     _NNX_APPLY.clear()
     for hook in _CLEAR_HOOKS:

@@ -26,8 +26,8 @@ import numpy as np
 
 from rfjax import memory
 from rfjax._types import HW, ReceptiveField
-from rfjax.contract import as_function
-from rfjax.errors import RFError, cause
+from rfjax.contract import as_function, on_clear
+from rfjax.errors import RFError, cause, output_label
 
 __all__ = ["EffectiveRF", "effective_rf"]
 
@@ -109,7 +109,12 @@ def _program(fn: Callable, with_params: bool, squared: bool) -> Callable:
     return jax.jit(run)
 
 
-def _mean_map(prog: Callable, params: Any, xs: np.ndarray, ct: np.ndarray, max_memory: int | None) -> np.ndarray:
+on_clear(_program.cache_clear)
+
+
+def _mean_map(
+    prog: Callable, params: Any, xs: np.ndarray, ct: np.ndarray, max_memory: int | None
+) -> np.ndarray:
     """The mean gradient map over ``xs``, in equal chunks of inputs sized by
     :mod:`rfjax.memory` (padding inputs get weight 0)."""
     budget = memory.check_budget(max_memory)
@@ -153,8 +158,11 @@ def _fit_gaussian(m: np.ndarray, centre: HW) -> tuple[float, HW, HW, float]:
     except RuntimeError:  # no convergence: report the moments
         popt = np.array(p0)
     resid = _gaussian((yy, xx), *popt) - m
-    return float(popt[0]), HW(float(popt[1]), float(popt[2])), HW(float(popt[3]), float(popt[4])), float(
-        np.sqrt(np.mean(resid**2)) / m.max()
+    return (
+        float(popt[0]),
+        HW(float(popt[1]), float(popt[2])),
+        HW(float(popt[3]), float(popt[4])),
+        float(np.sqrt(np.mean(resid**2)) / m.max()),
     )
 
 
@@ -206,57 +214,21 @@ def effective_rf(
     Returns:
       An :class:`EffectiveRF`.
     """
-    from rfjax.activation_maps.inputs import check_images, layer_only, output_index
+    from rfjax.activation_maps.inputs import check_images, layer_only
     from rfjax.engine import channel_vector
-    from rfjax.fit import receptive_field
 
     if not isinstance(mass, (int, float)) or not 0 < mass < 1:
         raise RFError(f"mass={mass!r} must be a fraction strictly between 0 and 1, e.g. 0.9.")
     base, params = as_function(fn, params)
     xs = check_images(inputs)
-    bound = base if params is None else functools.partial(base, params)
-    try:
-        struct = jax.eval_shape(bound, jnp.asarray(xs[:1]))
-    except Exception as e:  # any failure inside the user's function
-        raise RFError(
-            f"fn failed on inputs of shape {xs.shape[1:]} ({cause(e)}); pass inputs of the shape it expects."
-        ) from e
-    leaves = jax.tree_util.tree_leaves(struct)
-    if output is None:
-        if len(leaves) != 1:
-            raise RFError(f"fn returns {len(leaves)} arrays; pass output= the key or index of the feature map to use.")
-        index = 0
-    else:
-        index = output_index(struct, output, "output")
-    shape = tuple(leaves[index].shape)
-    if len(shape) != 4:
-        raise RFError(f"output {output!r} has shape {shape}, which is not a spatial feature map (1, Ho, Wo, Co); pass a convolutional layer's output.")
-    ho, wo, co = shape[1:]
-    c = (ho // 2, wo // 2) if cell is None else tuple(int(v) for v in np.asarray(cell).reshape(-1))
-    if len(c) != 2 or not (0 <= c[0] < ho and 0 <= c[1] < wo):
-        raise RFError(f"cell={cell!r} is outside the {ho}x{wo} grid; pass (i, j) with 0 <= i < {ho} and 0 <= j < {wo}.")
+    index, (ho, wo, co) = _output_map(base, params, xs, output)
+    c = _grid_cell(cell, ho, wo)
     one = layer_only(base, params is not None, index)
     ct = np.zeros((ho, wo, co), np.float32)
-    ct[c] = channel_vector(channels, co, "the output" if output is None else f"output {output!r}")
+    ct[c] = channel_vector(channels, co, output_label(output))
     m = _mean_map(_program(one, params is not None, bool(squared)), params, xs, ct, max_memory)
-    if not np.isfinite(m).all():
-        raise RFError(f"the input gradient of cell {c} is not finite; check the model and its inputs.")
-    total = m.sum()
-    if not total > 0:
-        raise RFError(f"the input gradient of cell {c} is zero for every input (dead ReLUs or max pooling); pass other inputs or cell=.")
-    yy, xx = np.mgrid[0 : m.shape[0], 0 : m.shape[1]] + 0.5
-    centre = HW(float((m * yy).sum() / total), float((m * xx).sum() / total))
+    centre = _centre_of_mass(m, c)
     amp, gc, sigma, resid = _fit_gaussian(m, centre)
-    theo = None
-    if isinstance(rf, ReceptiveField):
-        theo = rf
-    elif rf == "auto":
-        try:
-            theo = receptive_field(one, xs.shape[1:], params=params)
-        except RFError:
-            theo = None
-    elif rf is not None:
-        raise RFError(f"rf={rf!r} must be 'auto', a ReceptiveField or None.")
     return EffectiveRF(
         map=m,
         cell=(int(c[0]), int(c[1])),
@@ -267,9 +239,83 @@ def effective_rf(
         fit_residual=resid,
         radius=_mass_radius(m, centre, mass),
         mass=float(mass),
-        rf=theo,
+        rf=_theoretical_rf(rf, one, params, xs.shape[1:]),
         n_inputs=len(xs),
         input_shape=HW(xs.shape[1], xs.shape[2]),
         output_shape=HW(ho, wo),
         name=output,
     )
+
+
+def _centre_of_mass(m: np.ndarray, cell: tuple[int, ...]) -> HW:
+    """The centre of mass of the gradient map ``m`` of ``cell`` (pixel ``i`` spans ``[i, i + 1)``)."""
+    if not np.isfinite(m).all():
+        raise RFError(f"the input gradient of cell {cell} is not finite; check the model and its inputs.")
+    total = m.sum()
+    if not total > 0:
+        raise RFError(
+            f"the input gradient of cell {cell} is zero for every input (dead ReLUs or max pooling); "
+            "pass other inputs or cell=."
+        )
+    yy, xx = np.mgrid[0 : m.shape[0], 0 : m.shape[1]] + 0.5
+    return HW(float((m * yy).sum() / total), float((m * xx).sum() / total))
+
+
+def _output_map(
+    base: Callable, params: Any, xs: np.ndarray, output: str | int | None
+) -> tuple[int, tuple[int, ...]]:
+    """``(leaf index, (Ho, Wo, Co))`` of the feature map ``output`` names among ``base``'s outputs."""
+    from rfjax.activation_maps.inputs import output_index
+
+    bound = base if params is None else functools.partial(base, params)
+    try:
+        struct = jax.eval_shape(bound, jnp.asarray(xs[:1]))
+    except Exception as e:  # any failure inside the user's function
+        raise RFError(
+            f"fn failed on inputs of shape {xs.shape[1:]} ({cause(e)}); pass inputs of the shape it expects."
+        ) from e
+    leaves = jax.tree_util.tree_leaves(struct)
+    if output is None:
+        if len(leaves) != 1:
+            raise RFError(
+                f"fn returns {len(leaves)} arrays; pass output= the key or index of the feature map to use."
+            )
+        index = 0
+    else:
+        index = output_index(struct, output, "output")
+    shape = tuple(leaves[index].shape)
+    if len(shape) != 4:
+        raise RFError(
+            f"output {output!r} has shape {shape}, which is not a spatial feature map (1, Ho, Wo, Co); "
+            "pass a convolutional layer's output."
+        )
+    return index, shape[1:]
+
+
+def _grid_cell(cell: Sequence[int] | None, ho: int, wo: int) -> tuple[int, ...]:
+    """``cell`` (default the centre ``(Ho // 2, Wo // 2)``) checked against the grid."""
+    c = (ho // 2, wo // 2) if cell is None else tuple(int(v) for v in np.asarray(cell).reshape(-1))
+    if len(c) != 2 or not (0 <= c[0] < ho and 0 <= c[1] < wo):
+        raise RFError(
+            f"cell={cell!r} is outside the {ho}x{wo} grid; pass (i, j) with 0 <= i < {ho} and 0 <= j < {wo}."
+        )
+    return c
+
+
+def _theoretical_rf(
+    rf: ReceptiveField | str | None, one: Callable, params: Any, shape: tuple[int, ...]
+) -> ReceptiveField | None:
+    """The ``rf`` argument resolved: given, measured (``"auto"``; ``None`` where the RF
+    cannot be measured on this input) or skipped (``None``)."""
+    from rfjax.fit import receptive_field
+
+    if isinstance(rf, ReceptiveField):
+        return rf
+    if rf == "auto":
+        try:
+            return receptive_field(one, shape, params=params)
+        except RFError:
+            return None
+    if rf is not None:
+        raise RFError(f"rf={rf!r} must be 'auto', a ReceptiveField or None.")
+    return None

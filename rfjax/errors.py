@@ -86,3 +86,9 @@ class RFUnsupported(RFError):
 class RFDataDependent(RFUnsupported):
     """Control flow steered by the input values (a ``cond`` index, a ``while`` predicate):
     the RF would only be that of the branch taken at the constant input."""
+
+
+def output_label(name: object) -> str:
+    """How a message names an output: ``"the output"`` for a function's only one (``name``
+    ``None``), else ``"output 'name'"``."""
+    return "the output" if name is None else f"output {name!r}"

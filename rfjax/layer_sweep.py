@@ -126,29 +126,14 @@ def sweep_layers(
         raise RFError("input_shape is missing: pass input_shape=(H, W, C) for the sweep.")
     shape = tuple(int(v) for v in input_shape)
     if converted is not None:
-        if layers is None:
-            names = [n for n in model.layer_names if n != model.input_name]
-        else:
-            names = list(layers)
-        unknown = [n for n in names if n not in model.layer_names]
-        if unknown:
-            model.with_outputs(unknown[:1])  # raises with near-name suggestions
-        names = _spatial_layers(model, names, shape)
+        names = _converted_layers(converted, layers, shape)
     else:
-        order: list = []
-
-        def traced(x):  # the dict as built, before pytree flattening sorts its keys
-            out = model(x) if params is None else model(params, x)
-            order.extend(out.keys() if isinstance(out, dict) else [])
-            return out
-
-        out = jax.eval_shape(traced, constant_input(shape))
-        if not isinstance(out, dict):
-            raise RFError("model must return a dict {layer name: feature map} for a layer sweep.")
-        names = [n for n in (layers or order) if len(getattr(out.get(n), "shape", ())) == 4]
+        names = _function_layers(model, params, layers, shape)
     rows = []
     for depth, name in enumerate(names):
-        if converted is not None:  # receptive_field picks the one-channel prepared view and spots global branches
+        if (
+            converted is not None
+        ):  # receptive_field picks the one-channel prepared view and spots global branches
             one = {"fn": model, "params": None, "prepare": True, "layer": name}
         else:
             one = {"fn": model, "params": params, "prepare": True, "outputs": [name]}
@@ -157,6 +142,36 @@ def sweep_layers(
         if on_row is not None:
             on_row(row)
     return rows
+
+
+def _converted_layers(
+    model: ConvertedModel, layers: Sequence[str] | None, shape: tuple[int, ...]
+) -> list[str]:
+    """The requested (default: all but the input) layers of a converted model that are
+    feature maps at ``shape``; an unknown name raises with near-name suggestions."""
+    names = [n for n in model.layer_names if n != model.input_name] if layers is None else list(layers)
+    unknown = [n for n in names if n not in model.layer_names]
+    if unknown:
+        model.with_outputs(unknown[:1])  # raises with near-name suggestions
+    return _spatial_layers(model, names, shape)
+
+
+def _function_layers(
+    fn: Callable, params: Any, layers: Sequence[str] | None, shape: tuple[int, ...]
+) -> list[str]:
+    """The requested (default: all, in the order ``fn`` builds its dict) outputs of a
+    function ``x -> {name: map}`` that are 4-D feature maps at ``shape``."""
+    order: list = []
+
+    def traced(x):  # the dict as built, before pytree flattening sorts its keys
+        out = fn(x) if params is None else fn(params, x)
+        order.extend(out.keys() if isinstance(out, dict) else [])
+        return out
+
+    out = jax.eval_shape(traced, constant_input(shape))
+    if not isinstance(out, dict):
+        raise RFError("model must return a dict {layer name: feature map} for a layer sweep.")
+    return [n for n in (layers or order) if len(getattr(out.get(n), "shape", ())) == 4]
 
 
 def _measure(

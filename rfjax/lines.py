@@ -26,7 +26,9 @@ from typing import Any
 import numpy as np
 
 Sets = list  # list[np.ndarray | None]: one index array (or None: unknown) per grid line
-_MIN_PACK = 8  # grids smaller than this are not worth the two probe passes
+#: Grids shorter than this on both sides are not worth the two probe passes of packing
+#: (the line pass costs about ``Ho + Wo`` slots there, as much as packing could save).
+MIN_PACK_GRID = 8
 
 
 def _cross_masks(grid: tuple[int, int], row_sets: list[list[int]], col_sets: list[list[int]]) -> np.ndarray:
@@ -122,7 +124,7 @@ def line_supports(run_many: Callable[[dict], dict], grids: dict, input_hw: tuple
     geo = {k: ((0.0, 0, 0.0, 0.0), (0.0, 0, 0.0, 0.0)) for k in grids}
     plans = {}
 
-    probe = {k: max(0, min(g) // 2 - 1) for k, g in grids.items() if min(g) >= 2 and max(g) >= _MIN_PACK}
+    probe = {k: max(0, min(g) // 2 - 1) for k, g in grids.items() if min(g) >= 2 and max(g) >= MIN_PACK_GRID}
     if probe:
         sets = {k: ([[k0], [k0 + 1]], [[k0], [k0 + 1]]) for k, k0 in probe.items()}
         out = run_many({k: _cross_masks(grids[k], *sets[k]) for k in probe})

@@ -22,10 +22,9 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
-from matplotlib.patches import Rectangle
 
 from rfjax._types import GradientMaps, ReceptiveField
-from rfjax.canvas import check_image, check_save, finish, frame, legend_below, new_figure
+from rfjax.canvas import box, check_image, check_save, finish, frame, legend_below, new_figure, titled
 from rfjax.errors import RFError
 
 __all__ = ["gradient_at", "rf_grid"]
@@ -68,15 +67,40 @@ def gradient_at(
     path = check_save(save)
     grid = _hw_int(maps.output_shape)
     cell = _check_cell(cell, grid, "cell")
+    g, summed = _cell_gradient(maps, cell, grid)
+    h, w = g.shape
+    if rf is not None and (_hw_int(rf.output_shape) != grid or _hw_int(rf.input_shape) != (h, w)):
+        raise RFError(
+            f"rf is for a {_fmt(rf.output_shape)} grid on a {_fmt(rf.input_shape)} input but maps are "
+            f"for a {grid} grid on a {(h, w)} input; pass the RF fitted from these maps."
+        )
+    fig, ax = new_figure(ax)
+    box_colour, rf_colour = _heatmap(ax, g, summed)
+    note = _support_box(ax, g, box_colour)
+    if rf is not None:
+        t, l, b, r = rect = rf.rect(cell)
+        ax.add_patch(box(rect, rf_colour, "rf", f"fitted RF {b - t:g}x{r - l:g} px", linewidth=1.5))
+    frame(ax, h, w)
+    if ax.get_legend_handles_labels()[0]:
+        legend_below(ax)
+    titled(ax, f"input gradient of cell {cell}\nof {_name(maps.name)}{note}")
+    return finish(fig, path)
+
+
+def _cell_gradient(
+    maps: GradientMaps, cell: tuple[int, int], grid: tuple[int, int]
+) -> tuple[np.ndarray, bool]:
+    """``(g, summed)``: the ``(H, W)`` gradient of ``cell`` (``sum_c |g|`` when ``summed``:
+    the maps had a channel axis)."""
     try:
         g = np.asarray(maps.at(cell))
-    except KeyError:
+    except KeyError as e:
         computed = ", ".join(str(tuple(int(v) for v in c)) for c in np.asarray(maps.cells)[:4])
         more = ", ..." if len(maps.cells) > 4 else ""
         raise RFError(
             f"cell {cell} is inside the {grid[0]}x{grid[1]} grid but its gradient was not computed "
             f"(maps hold {computed}{more}); pass it in cells= when computing the maps."
-        ) from None
+        ) from e
     summed = g.ndim == 3
     if summed:
         g = np.abs(g).sum(axis=-1)
@@ -85,72 +109,42 @@ def gradient_at(
             f"maps.at({cell}) has shape {g.shape} but an (H, W) or (H, W, C) gradient is needed; "
             "pass GradientMaps as the engine returns them."
         )
-    h, w = g.shape
-    if rf is not None and (_hw_int(rf.output_shape) != grid or _hw_int(rf.input_shape) != (h, w)):
-        raise RFError(
-            f"rf is for a {_fmt(rf.output_shape)} grid on a {_fmt(rf.input_shape)} input but maps are "
-            f"for a {grid} grid on a {(h, w)} input; pass the RF fitted from these maps."
-        )
+    return g, summed
 
-    fig, ax = new_figure(ax)
+
+def _heatmap(ax: Axes, g: np.ndarray, summed: bool) -> tuple[str, str]:
+    """Draw ``g`` with a colorbar (diverging when it has negative values); returns the
+    colours ``(support box, fitted RF)`` that read on it."""
+    h, w = g.shape
     finite = g[np.isfinite(g)]
     lo = float(finite.min()) if finite.size else 0.0
     hi = float(finite.max()) if finite.size else 0.0
+    shown = {"extent": (0, w, h, 0), "interpolation": "nearest"}
     if lo < 0:
         m = max(-lo, hi) or 1.0
-        box_colour, rf_colour = "black", "tab:green"
-        im = ax.imshow(g, cmap="RdBu_r", vmin=-m, vmax=m, extent=(0, w, h, 0), interpolation="nearest")
+        colours = ("black", "tab:green")
+        im = ax.imshow(g, cmap="RdBu_r", vmin=-m, vmax=m, **shown)
     else:
-        box_colour, rf_colour = "white", "tab:red"
-        im = ax.imshow(
-            g, cmap="viridis", vmin=0.0, vmax=hi or 1.0, extent=(0, w, h, 0), interpolation="nearest"
-        )
+        colours = ("white", "tab:red")
+        im = ax.imshow(g, cmap="viridis", vmin=0.0, vmax=hi or 1.0, **shown)
     ax.figure.colorbar(
         im, ax=ax, label="sum over channels of |input gradient|" if summed else "input gradient"
     )
+    return colours
 
+
+def _support_box(ax: Axes, g: np.ndarray, colour: str) -> str:
+    """Draw the bounding box of ``g != 0`` (NaN counting as reached); returns a title note
+    when there is none."""
     support = g != 0  # NaN != 0, so a NaN gradient counts as reached
     rows = np.flatnonzero(support.any(axis=1))
     cols = np.flatnonzero(support.any(axis=0))
-    note = ""
-    if rows.size:
-        top, bottom, left, right = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
-        ax.add_patch(
-            Rectangle(
-                (left, top),
-                right - left,
-                bottom - top,
-                fill=False,
-                edgecolor=box_colour,
-                linewidth=1.5,
-                linestyle="--",
-                gid="support",
-                label=f"gradient support {bottom - top}x{right - left} px",
-            )
-        )
-    else:
-        note = " (gradient is zero everywhere)"
-    if rf is not None:
-        t, l, b, r = rf.rect(cell)
-        ax.add_patch(
-            Rectangle(
-                (l, t),
-                r - l,
-                b - t,
-                fill=False,
-                edgecolor=rf_colour,
-                linewidth=1.5,
-                gid="rf",
-                label=f"fitted RF {b - t:g}x{r - l:g} px",
-            )
-        )
-    frame(ax, h, w)
-    if ax.get_legend_handles_labels()[0]:
-        legend_below(ax)
-    ax.set_title(f"input gradient of cell {cell}\nof {_name(maps.name)}{note}")
-    ax.set_xlabel("w (column)")
-    ax.set_ylabel("h (row)")
-    return finish(fig, path)
+    if not rows.size:
+        return " (gradient is zero everywhere)"
+    top, bottom, left, right = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+    label = f"gradient support {bottom - top}x{right - left} px"
+    ax.add_patch(box((top, left, bottom, right), colour, "support", label, linewidth=1.5, linestyle="--"))
+    return ""
 
 
 def rf_grid(
@@ -196,51 +190,40 @@ def rf_grid(
     img = None if image is None else check_image(image, (h, w))
 
     fig, ax = new_figure(ax)
-    if img is None:
-        ax.imshow(
-            np.ones((h, w)), cmap="gray", vmin=0.0, vmax=1.0, extent=(0, w, h, 0), interpolation="nearest"
-        )
-    elif img.ndim == 2:
-        ax.imshow(img, cmap="gray", extent=(0, w, h, 0), interpolation="nearest")
-    else:
-        ax.imshow(img, extent=(0, w, h, 0), interpolation="nearest")
-
+    _image(ax, img, h, w)
     for k, c in enumerate(chosen):
-        t, l, b, r = rf.rect(c)
-        ax.add_patch(
-            Rectangle(
-                (l, t),
-                r - l,
-                b - t,
-                fill=False,
-                edgecolor=_CELL_COLOURS[k % len(_CELL_COLOURS)],
-                linewidth=2,
-                gid=f"rf-{c[0]}-{c[1]}",
-                label=f"cell {c}",
-            )
-        )
+        colour = _CELL_COLOURS[k % len(_CELL_COLOURS)]
+        ax.add_patch(box(rf.rect(c), colour, f"rf-{c[0]}-{c[1]}", f"cell {c}"))
+    _anchors(ax, rf)
+    frame(ax, h, w)
+    legend_below(ax)
+    titled(
+        ax, f"RF of {_name(rf.name)}\nsize {_fmt(rf.size)} stride {_fmt(rf.stride)} offset {_fmt(rf.offset)}"
+    )
+    return finish(fig, path)
+
+
+def _image(ax: Axes, img: np.ndarray | None, h: int, w: int) -> None:
+    """Draw ``img`` (grey when 2-D), or a blank white ``h x w`` canvas when ``None``."""
+    shown = {"extent": (0, w, h, 0), "interpolation": "nearest"}
+    if img is None:
+        ax.imshow(np.ones((h, w)), cmap="gray", vmin=0.0, vmax=1.0, **shown)
+    elif img.ndim == 2:
+        ax.imshow(img, cmap="gray", **shown)
+    else:
+        ax.imshow(img, **shown)
+
+
+def _anchors(ax: Axes, rf: ReceptiveField) -> None:
+    """One scatter of the RF centres ``offset + (i, j) * stride`` of all grid cells."""
+    ho, wo = _hw_int(rf.output_shape)
     ii, jj = np.meshgrid(np.arange(ho), np.arange(wo), indexing="ij")
     ys = rf.offset.h + ii.ravel() * rf.stride.h
     xs = rf.offset.w + jj.ravel() * rf.stride.w
+    label = f"RF centres ({ho}x{wo})"
     ax.scatter(
-        xs,
-        ys,
-        s=10,
-        c="gold",
-        edgecolors="black",
-        linewidths=0.3,
-        zorder=3,
-        gid="anchors",
-        label=f"RF centres ({ho}x{wo})",
+        xs, ys, s=10, c="gold", edgecolors="black", linewidths=0.3, zorder=3, gid="anchors", label=label
     )
-    frame(ax, h, w)
-    legend_below(ax)
-    ax.set_title(
-        f"RF of {_name(rf.name)}\nsize {_fmt(rf.size)} stride {_fmt(rf.stride)} offset {_fmt(rf.offset)}"
-    )
-    ax.set_xlabel("w (column)")
-    ax.set_ylabel("h (row)")
-    return finish(fig, path)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -14,10 +14,11 @@ from collections.abc import Sequence
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
-from matplotlib.patches import Circle, Ellipse, Rectangle
+from matplotlib.patches import Circle, Ellipse
 
+from rfjax import canvas
 from rfjax.activation_maps import CAMResult, cam_box
-from rfjax.canvas import check_image, check_save, finish, frame, legend_below, new_figure
+from rfjax.canvas import check_image, check_save, finish, frame, legend_below, new_figure, titled
 from rfjax.erf import EffectiveRF
 from rfjax.errors import RFError
 
@@ -25,11 +26,6 @@ __all__ = ["cam_overlay", "erf_map"]
 
 #: Size of one panel of :func:`cam_overlay`, inches.
 PANEL = 3.2
-
-
-def _box_patch(box: Sequence[float], colour: str, gid: str, label: str) -> Rectangle:
-    t, l, b, r = (float(v) for v in box)
-    return Rectangle((l, t), r - l, b - t, fill=False, edgecolor=colour, linewidth=2, gid=gid, label=label)
 
 
 def cam_overlay(
@@ -72,41 +68,75 @@ def cam_overlay(
         raise RFError(f"image={image!r} is outside the batch of {n}; pass an index 0..{n - 1}.")
     if not 0 <= threshold < 1:
         raise RFError(f"threshold={threshold!r} must be a fraction of the maximum in [0, 1), e.g. 0.3.")
-    imgs = np.asarray(images)
-    if imgs.ndim == 3:
-        imgs = imgs[None]
-    if imgs.ndim != 4 or len(imgs) != n:
-        raise RFError(f"images has shape {np.shape(images)}; pass the {n} images the CAMs were computed on.")
-    h, w = int(result.input_shape.h), int(result.input_shape.w)
-    img = check_image(imgs[image], (h, w))
-    maps = result.normalised()[image]
-    peaks = result.peaks()[image]
+    img = _batch_image(result, images, image)
+    h, w = img.shape[:2]
     fig = Figure(figsize=(PANEL * (k + 1), PANEL + 0.4), layout="constrained")
     axes = fig.subplots(1, k + 1, squeeze=False)[0]
-    shown = {"cmap": "gray"} if img.ndim == 2 else {}
-    axes[0].imshow(img, extent=(0, w, h, 0), interpolation="nearest", **shown)
+    _show(axes[0], img)
     axes[0].set_title(f"image {image}")
+    maps, peaks = result.normalised()[image], result.peaks()[image]
     for j in range(k):
-        ax = axes[j + 1]
         c = int(result.classes[image, j])
         name = class_names[c] if class_names is not None and c < len(class_names) else f"class {c}"
-        ax.imshow(img, extent=(0, w, h, 0), interpolation="nearest", **shown)
-        m = np.ma.masked_less(maps[j], threshold)
-        ax.imshow(m, extent=(0, w, h, 0), cmap=cmap, alpha=alpha, vmin=0.0, vmax=1.0, interpolation="bilinear", gid="cam")
-        ax.scatter([peaks[j, 1]], [peaks[j, 0]], marker="+", s=120, c="white", linewidths=2, gid="peak", zorder=5)
         found = cam_box(result.upsampled[image, j], threshold)
-        if found is not None:
-            ax.add_patch(_box_patch(found, "white", "cam-box", f"CAM >= {threshold:g} max"))
-        ax.set_title(f"{name} p={float(result.probabilities[image, j]):.2f}")
+        _cam_panel(axes[j + 1], img, maps[j], peaks[j], found, threshold, cmap, alpha)
+        axes[j + 1].set_title(f"{name} p={float(result.probabilities[image, j]):.2f}")
     for ax in axes:
         if box is not None:
-            ax.add_patch(_box_patch(box, "lime", "box", "ground truth"))
+            ax.add_patch(canvas.box(box, "lime", "box", "ground truth"))
         ax.set_xlim(0, w)
         ax.set_ylim(h, 0)
         ax.set_xticks([])
         ax.set_yticks([])
     fig.suptitle(f"{result.method} of layer {result.layer!r}, {result.placement} placement")
     return finish(fig, path)
+
+
+def _batch_image(result: CAMResult, images: np.ndarray, image: int) -> np.ndarray:
+    """Image ``image`` of the batch the CAMs were computed on, ready for imshow."""
+    n = result.classes.shape[0]
+    imgs = np.asarray(images)
+    if imgs.ndim == 3:
+        imgs = imgs[None]
+    if imgs.ndim != 4 or len(imgs) != n:
+        raise RFError(f"images has shape {np.shape(images)}; pass the {n} images the CAMs were computed on.")
+    return check_image(imgs[image], (int(result.input_shape.h), int(result.input_shape.w)))
+
+
+def _cam_panel(
+    ax: Axes,
+    img: np.ndarray,
+    cam: np.ndarray,
+    peak: np.ndarray,
+    found,
+    threshold: float,
+    cmap: str,
+    alpha: float,
+) -> None:
+    """The image, the normalised ``cam`` above ``threshold``, its ``peak`` ``(row, column)``
+    and the box ``found`` of its largest region (``None``: no region)."""
+    h, w = img.shape[:2]
+    _show(ax, img)
+    shown = np.ma.masked_less(cam, threshold)
+    ax.imshow(
+        shown,
+        extent=(0, w, h, 0),
+        cmap=cmap,
+        alpha=alpha,
+        vmin=0.0,
+        vmax=1.0,
+        interpolation="bilinear",
+        gid="cam",
+    )
+    ax.scatter([peak[1]], [peak[0]], marker="+", s=120, c="white", linewidths=2, gid="peak", zorder=5)
+    if found is not None:
+        ax.add_patch(canvas.box(found, "white", "cam-box", f"CAM >= {threshold:g} max"))
+
+
+def _show(ax: Axes, img: np.ndarray) -> None:
+    h, w = img.shape[:2]
+    shown = {"cmap": "gray"} if img.ndim == 2 else {}
+    ax.imshow(img, extent=(0, w, h, 0), interpolation="nearest", **shown)
 
 
 def erf_map(erf: EffectiveRF, *, ax: Axes | None = None, save: str | os.PathLike | None = None) -> Figure:
@@ -124,24 +154,34 @@ def erf_map(erf: EffectiveRF, *, ax: Axes | None = None, save: str | os.PathLike
     im = ax.imshow(erf.map, cmap="viridis", extent=(0, w, h, 0), interpolation="nearest", vmin=0.0)
     ax.figure.colorbar(im, ax=ax, label="mean |input gradient|")
     if erf.rf_rect is not None and erf.rf is not None:
-        t, l, b, r = erf.rf_rect
-        ax.add_patch(
-            Rectangle((l, t), r - l, b - t, fill=False, edgecolor="tab:red", linewidth=1.5, gid="rf",
-                      label=f"theoretical RF {erf.rf.size.h:g}x{erf.rf.size.w:g} px")
-        )
+        label = f"theoretical RF {erf.rf.size.h:g}x{erf.rf.size.w:g} px"
+        ax.add_patch(canvas.box(erf.rf_rect, "tab:red", "rf", label, linewidth=1.5))
     ax.add_patch(
-        Circle((erf.centre.w, erf.centre.h), erf.radius, fill=False, edgecolor="white", linewidth=1.5, linestyle="--",
-               gid="erf-radius", label=f"{erf.mass:.0%} of the gradient (r={erf.radius:.1f} px)")
+        Circle(
+            (erf.centre.w, erf.centre.h),
+            erf.radius,
+            fill=False,
+            edgecolor="white",
+            linewidth=1.5,
+            linestyle="--",
+            gid="erf-radius",
+            label=f"{erf.mass:.0%} of the gradient (r={erf.radius:.1f} px)",
+        )
     )
     ax.add_patch(
-        Ellipse((erf.gaussian_centre.w, erf.gaussian_centre.h), 4 * erf.sigma.w, 4 * erf.sigma.h, fill=False,
-                edgecolor="tab:orange", linewidth=1.5, gid="sigma",
-                label=f"Gaussian 2 sigma ({erf.sigma.h:.1f}, {erf.sigma.w:.1f}) px")
+        Ellipse(
+            (erf.gaussian_centre.w, erf.gaussian_centre.h),
+            4 * erf.sigma.w,
+            4 * erf.sigma.h,
+            fill=False,
+            edgecolor="tab:orange",
+            linewidth=1.5,
+            gid="sigma",
+            label=f"Gaussian 2 sigma ({erf.sigma.h:.1f}, {erf.sigma.w:.1f}) px",
+        )
     )
     frame(ax, h, w)
     legend_below(ax)
     name = "the output" if erf.name is None else f"{erf.name!r}"
-    ax.set_title(f"effective RF of cell {erf.cell} of {name}\nover {erf.n_inputs} input(s)")
-    ax.set_xlabel("w (column)")
-    ax.set_ylabel("h (row)")
+    titled(ax, f"effective RF of cell {erf.cell} of {name}\nover {erf.n_inputs} input(s)")
     return finish(fig, path)

@@ -5,7 +5,6 @@ import subprocess
 import sys
 import textwrap
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -13,13 +12,16 @@ from jax import lax
 
 import rfjax
 from rfjax import RFError, engine
+from rfjax.memory import compile_count
 
 DN = ("NHWC", "HWIO", "NHWC")
 
 
 def conv_fn(kernel, stride=(1, 1), dilation=(1, 1)):
     k = jnp.asarray(kernel, jnp.float32)
-    return lambda x: lax.conv_general_dilated(x, k, stride, "VALID", rhs_dilation=dilation, dimension_numbers=DN)
+    return lambda x: lax.conv_general_dilated(
+        x, k, stride, "VALID", rhs_dilation=dilation, dimension_numbers=DN
+    )
 
 
 def expected_conv_grad(kernel, cell, stride, dilation, in_hw, channels=None):
@@ -50,14 +52,21 @@ def test_every_cell_matches_hand_computed_gradient(kernel, strategy):
     assert gm.maps.shape == (5, 7, 11, 9, 2) and gm.full_grid
     for i in range(5):
         for j in range(7):
-            np.testing.assert_allclose(gm.maps[i, j], expected_conv_grad(kernel, (i, j), stride, dil, (11, 9)), atol=1e-5)
+            np.testing.assert_allclose(
+                gm.maps[i, j], expected_conv_grad(kernel, (i, j), stride, dil, (11, 9)), atol=1e-5
+            )
 
 
 def test_input_channel_reductions(kernel):
     fn = conv_fn(kernel)
     x = np.ones((6, 6, 2), np.float32)
     keep = rfjax.gradient_maps(fn, x, input_channels="keep").maps
-    want = np.stack([np.stack([expected_conv_grad(kernel, (i, j), (1, 1), (1, 1), (6, 6)) for j in range(5)]) for i in range(4)])
+    want = np.stack(
+        [
+            np.stack([expected_conv_grad(kernel, (i, j), (1, 1), (1, 1), (6, 6)) for j in range(5)])
+            for i in range(4)
+        ]
+    )
     np.testing.assert_allclose(rfjax.gradient_maps(fn, x, input_channels="sum").maps, want.sum(-1), atol=1e-5)
     np.testing.assert_allclose(rfjax.gradient_maps(fn, x).maps, np.abs(want).sum(-1), atol=1e-5)
     np.testing.assert_allclose(keep, want, atol=1e-5)
@@ -70,10 +79,14 @@ def test_subset_of_cells_and_channels(kernel):
     gm = rfjax.gradient_maps(fn, x, cells=cells, channels=[1, 3], input_channels="keep")
     assert gm.maps.shape == (3, 7, 7, 2) and not gm.full_grid
     for n, c in enumerate(cells):
-        np.testing.assert_allclose(gm.maps[n], expected_conv_grad(kernel, c, (1, 1), (1, 1), (7, 7), [1, 3]), atol=1e-5)
+        np.testing.assert_allclose(
+            gm.maps[n], expected_conv_grad(kernel, c, (1, 1), (1, 1), (7, 7), [1, 3]), atol=1e-5
+        )
         np.testing.assert_allclose(gm.at(c), gm.maps[n])
     one = rfjax.gradient_maps(fn, x, cells=[(4, 3)], channels=2, input_channels="keep")
-    np.testing.assert_allclose(one.maps[0], expected_conv_grad(kernel, (4, 3), (1, 1), (1, 1), (7, 7), 2), atol=1e-5)
+    np.testing.assert_allclose(
+        one.maps[0], expected_conv_grad(kernel, (4, 3), (1, 1), (1, 1), (7, 7), 2), atol=1e-5
+    )
 
 
 def test_score_map_cotangent_is_the_weighted_sum_of_cell_gradients(kernel):
@@ -81,7 +94,11 @@ def test_score_map_cotangent_is_the_weighted_sum_of_cell_gradients(kernel):
     x = np.ones((7, 6, 2), np.float32)
     score = np.random.default_rng(2).uniform(size=(5, 5)).astype(np.float32)
     got = rfjax.gradient_maps(fn, x, cotangents=score, input_channels="keep").maps
-    want = sum(score[i, j] * expected_conv_grad(kernel, (i, j), (1, 1), (1, 1), (7, 6)) for i in range(5) for j in range(5))
+    want = sum(
+        score[i, j] * expected_conv_grad(kernel, (i, j), (1, 1), (1, 1), (7, 6))
+        for i in range(5)
+        for j in range(5)
+    )
     assert got.shape == (1, 7, 6, 2)
     np.testing.assert_allclose(got[0], want, atol=1e-4)
 
@@ -96,7 +113,9 @@ def test_several_feature_maps_in_one_call(kernel):
     x = np.ones((5, 5, 2), np.float32)
     out = rfjax.gradient_maps(fn, x, input_channels="keep")
     assert set(out) == {"a", "b"} and out["b"].name == "b"
-    np.testing.assert_allclose(out["a"].maps[1, 2], expected_conv_grad(kernel, (1, 2), (1, 1), (1, 1), (5, 5)), atol=1e-5)
+    np.testing.assert_allclose(
+        out["a"].maps[1, 2], expected_conv_grad(kernel, (1, 2), (1, 1), (1, 1), (5, 5)), atol=1e-5
+    )
     # b = 3 * sum over a's channels, so each b cell's gradient is 3x a's
     np.testing.assert_allclose(out["b"].maps, 3 * out["a"].maps, rtol=1e-5)
     only_b = rfjax.gradient_maps(fn, x, outputs=["b"], input_channels="keep")
@@ -173,7 +192,9 @@ def test_too_small_input_is_refused(kernel):
 
 
 def test_memory_budget_below_one_cell_is_refused(kernel):
-    with pytest.raises(RFError, match=r"max_memory=100 bytes is too small for (the forward pass|one cell).*raise max_memory"):
+    with pytest.raises(
+        RFError, match=r"max_memory=100 bytes is too small for (the forward pass|one cell).*raise max_memory"
+    ):
         rfjax.gradient_maps(conv_fn(kernel), np.ones((6, 6, 2), np.float32), max_memory=100)
 
 
@@ -186,7 +207,8 @@ def test_jit_compiles_once_per_shape(kernel):
     fn = conv_fn(kernel)
     x = np.ones((6, 6, 2), np.float32)
     rfjax.gradient_maps(fn, x, strategy="dense")
-    prog = engine._program(fn, False, "abs_sum", jax.local_device_count()).backward
-    before = prog._cache_size()
+    before = compile_count()
     rfjax.gradient_maps(fn, x + 1, strategy="dense")
-    assert prog._cache_size() == before
+    assert compile_count() == before
+    rfjax.gradient_maps(fn, np.ones((7, 6, 2), np.float32), strategy="dense")
+    assert compile_count() > before  # a new shape is compiled anew

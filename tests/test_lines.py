@@ -17,7 +17,9 @@ DN = ("NHWC", "HWIO", "NHWC")
 
 def conv(x, k, stride=1, dilation=1, padding="VALID"):
     w = jnp.ones((k, k, x.shape[-1], 1), jnp.float32)
-    return lax.conv_general_dilated(x, w, (stride, stride), padding, rhs_dilation=(dilation, dilation), dimension_numbers=DN)
+    return lax.conv_general_dilated(
+        x, w, (stride, stride), padding, rhs_dilation=(dilation, dilation), dimension_numbers=DN
+    )
 
 
 def uneven(x):
@@ -29,7 +31,9 @@ def uneven(x):
 
 
 PRODUCT = {
-    "readme-like": lambda x: conv(lax.reduce_window(conv(conv(x, 5), 3), 0.0, lax.add, (1, 2, 2, 1), (1, 2, 2, 1), "VALID"), 3),
+    "readme-like": lambda x: conv(
+        lax.reduce_window(conv(conv(x, 5), 3), 0.0, lax.add, (1, 2, 2, 1), (1, 2, 2, 1), "VALID"), 3
+    ),
     "dilated": lambda x: conv(conv(x, 3, dilation=3), 3, stride=2),
     "flipped": lambda x: conv(x, 3)[:, ::-1, ::-1],
     "same-stride3": lambda x: conv(conv(x, 4, stride=3, padding="SAME"), 3, padding="SAME"),
@@ -53,17 +57,9 @@ def reference(fn, x):
 def test_packed_lines_equal_one_pass_per_line(name):
     fn = PRODUCT[name]
     x = jnp.ones((1, 60, 52, 1), jnp.float32)
-    _, _, shapes = engine.output_shapes(fn, x)
-    grid = (shapes[0][1], shapes[0][2])
-    chans = [np.ones((shapes[0][3],), np.float32)]
-
-    def run_many(per_output):
-        return engine._run_many(
-            lambda masks, ch: engine._run_slots(fn, None, x, masks, ch, input_channels="abs_sum", chunk=None, n_devices=1),
-            shapes, chans, per_output,
-        )
-
-    rows, cols = line_supports(run_many, {0: grid}, (60, 52))[0]
+    plan = engine.plan(fn, x, devices=1)
+    grid = plan.grid(0)
+    rows, cols = line_supports(plan.run_many, {0: grid}, (60, 52))[0]
     want_rows, want_cols = reference(fn, x)
     assert len(rows) == grid[0] and len(cols) == grid[1]
     for got, want in zip(rows, want_rows):

@@ -14,6 +14,7 @@ import time
 import numpy as np
 import pytest
 
+import converters
 from rfjax import activation_maps as C
 from rfjax.datasets import SHAPE_NAMES, shapes
 
@@ -64,7 +65,6 @@ def test_trained_keras_cnn_localises_shapes_with_cam(tmp_path):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     keras = pytest.importorskip("keras")
     tf = pytest.importorskip("tensorflow")
-    converters = pytest.importorskip("converters")
 
     train, held_out = shapes(2000, seed=1), shapes(200, seed=2)
     keras.utils.set_random_seed(0)
@@ -83,12 +83,21 @@ def test_trained_keras_cnn_localises_shapes_with_cam(tmp_path):
     assert (feature, dense) == ("features", "logits")
     jax_model = converters.from_keras(model, outputs=[feature, dense])
     np.testing.assert_allclose(
-        np.asarray(jax_model(held_out.images[:16])[dense]), model.predict(held_out.images[:16], verbose=0), atol=1e-3
+        np.asarray(jax_model(held_out.images[:16])[dense]),
+        model.predict(held_out.images[:16], verbose=0),
+        atol=1e-3,
     )
 
     scores = {}
     for placement in ("resize", "rf"):
-        r = C.cam(jax_model, held_out.images, layer=feature, logits=dense, classes=held_out.labels[:, None], placement=placement)
+        r = C.cam(
+            jax_model,
+            held_out.images,
+            layer=feature,
+            logits=dense,
+            classes=held_out.labels[:, None],
+            placement=placement,
+        )
         pointing = C.pointing_game(r.peaks()[:, 0], held_out.boxes)
         iou = float(np.mean([C.box_iou(C.cam_box(m), b) for m, b in zip(r.upsampled[:, 0], held_out.boxes)]))
         scores[placement] = (pointing, iou)
@@ -97,10 +106,18 @@ def test_trained_keras_cnn_localises_shapes_with_cam(tmp_path):
             from rfjax.plot_cam import cam_overlay
 
             top = C.cam(jax_model, held_out.images[:4], layer=feature, logits=dense, top_k=2)
-            cam_overlay(top, held_out.images[:4], class_names=SHAPE_NAMES, box=held_out.boxes[0], save=tmp_path / "shapes.png")
+            cam_overlay(
+                top,
+                held_out.images[:4],
+                class_names=SHAPE_NAMES,
+                box=held_out.boxes[0],
+                save=tmp_path / "shapes.png",
+            )
     accuracy = float(np.mean(np.argmax(model.predict(held_out.images, verbose=0), 1) == held_out.labels))
-    print(f"\ntrained in {trained:.1f} s; held-out accuracy {accuracy:.3f}; pointing game / mean IoU: "
-          + ", ".join(f"{k} {p:.3f} / {i:.3f}" for k, (p, i) in scores.items()))
+    print(
+        f"\ntrained in {trained:.1f} s; held-out accuracy {accuracy:.3f}; pointing game / mean IoU: "
+        + ", ".join(f"{k} {p:.3f} / {i:.3f}" for k, (p, i) in scores.items())
+    )
     assert accuracy >= 0.85
     assert scores["rf"][0] >= 0.90
     assert scores["rf"][0] > scores["resize"][0] and scores["rf"][1] > scores["resize"][1]

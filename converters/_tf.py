@@ -192,7 +192,7 @@ def _resolve_shape(source: _Source, input_shape: tuple[int, int, int] | None) ->
             raise RFError(
                 f"the function's input shape {static} is dynamic; pass input_shape=(H, W, C) to from_tf."
             )
-        return static  # type: ignore[return-value]
+        return static
     if any(s is not None and s != v for s, v in zip(static, input_shape)):
         raise RFError(
             f"input_shape={input_shape} does not match the function's signature {static} (H, W, C)."

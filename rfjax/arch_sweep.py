@@ -93,7 +93,7 @@ def load_spec(path: str | os.PathLike) -> list[Arch]:
         layers = entry.get("layers")
         archs.append(
             Arch(
-                entry["name"], tuple(layers) if layers else None, sizes, None, bool(entry.get("grow", False))
+                entry["name"], tuple(layers) if layers else None, sizes, None, bool(entry.get("grow", False))  # type: ignore[arg-type]  # triples checked above
             )
         )
     return archs
@@ -284,7 +284,7 @@ class _Run:
 
     def record(self, arch: Arch, shape: Sequence[int], t0: float, row: Any) -> None:
         """Append one measured :class:`~rfjax.layer_sweep.LayerRF` row (timed from ``t0``)."""
-        rec = {"key": _key(arch.name, row.layer, shape), "arch": arch.name, "input": list(shape)}
+        rec: dict[str, Any] = {"key": _key(arch.name, row.layer, shape), "arch": arch.name, "input": list(shape)}
         if rec["key"] in self.done:
             return  # a function's layers are known only as it runs: some were measured before
         rec.update(row.as_dict())
@@ -359,12 +359,12 @@ def sweep(
     from tqdm.auto import tqdm
 
     index, count, joint = _processes(process_index, process_count)
-    archs = [Arch(a) if isinstance(a, str) else a for a in archs]
+    archs_: list[Arch] = [Arch(a) if isinstance(a, str) else a for a in archs]
     path = Path(out)
     done = {r["key"] for r in read_rows(path)}
     log = _Log(path if count == 1 else shard_path(path, index))
     run = _Run(done, log, index, max_input)
-    units = [(arch, shape) for arch in archs for shape in arch.input_sizes][index::count]
+    units = [(arch, shape) for arch in archs_ for shape in arch.input_sizes][index::count]
     bar = tqdm(units, unit="model", disable=not progress)
     ahead = _Ahead(units, run.finished)
     try:

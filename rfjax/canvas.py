@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from matplotlib.axes import Axes
@@ -101,7 +102,7 @@ def box(
     """An unfilled rectangle for ``rect = (top, left, bottom, right)`` in image coordinates
     (x = column, y = row)."""
     t, l, b, r = (float(v) for v in rect)
-    line = {"edgecolor": colour, "linewidth": linewidth, "linestyle": linestyle}
+    line: dict[str, Any] = {"edgecolor": colour, "linewidth": linewidth, "linestyle": linestyle}
     return Rectangle((l, t), r - l, b - t, fill=False, gid=gid, label=label, **line)
 
 

@@ -69,7 +69,7 @@ def _shape(text: str) -> tuple[int, int, int]:
         parts = ()
     if len(parts) != 3 or min(parts) < 1:
         raise argparse.ArgumentTypeError(f"--input {text!r} must look like 224x224x3 (H x W x C)")
-    return parts  # type: ignore[return-value]
+    return parts
 
 
 def _load_model(spec: str, input_shape: tuple[int, int, int] | None):

@@ -313,7 +313,8 @@ def _theoretical_rf(
         return rf
     if rf == "auto":
         try:
-            return receptive_field(one, shape, params=params)
+            found = receptive_field(one, shape, params=params)
+            return found if isinstance(found, ReceptiveField) else None
         except RFError:
             return None
     if rf is not None:

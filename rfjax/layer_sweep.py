@@ -153,7 +153,7 @@ def _converted_layers(
     unknown = [n for n in names if n not in model.layer_names]
     if unknown:
         model.with_outputs(unknown[:1])  # raises with near-name suggestions
-    return _spatial_layers(model, names, shape)
+    return _spatial_layers(model, names, (int(shape[0]), int(shape[1]), int(shape[2])))
 
 
 def _function_layers(

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 from matplotlib.axes import Axes
@@ -119,7 +120,7 @@ def _heatmap(ax: Axes, g: np.ndarray, summed: bool) -> tuple[str, str]:
     finite = g[np.isfinite(g)]
     lo = float(finite.min()) if finite.size else 0.0
     hi = float(finite.max()) if finite.size else 0.0
-    shown = {"extent": (0, w, h, 0), "interpolation": "nearest"}
+    shown: dict[str, Any] = {"extent": (0, w, h, 0), "interpolation": "nearest"}
     if lo < 0:
         m = max(-lo, hi) or 1.0
         colours = ("black", "tab:green")
@@ -205,7 +206,7 @@ def rf_grid(
 
 def _image(ax: Axes, img: np.ndarray | None, h: int, w: int) -> None:
     """Draw ``img`` (grey when 2-D), or a blank white ``h x w`` canvas when ``None``."""
-    shown = {"extent": (0, w, h, 0), "interpolation": "nearest"}
+    shown: dict[str, Any] = {"extent": (0, w, h, 0), "interpolation": "nearest"}
     if img is None:
         ax.imshow(np.ones((h, w)), cmap="gray", vmin=0.0, vmax=1.0, **shown)
     elif img.ndim == 2:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from matplotlib.axes import Axes
@@ -135,7 +136,7 @@ def _cam_panel(
 
 def _show(ax: Axes, img: np.ndarray) -> None:
     h, w = img.shape[:2]
-    shown = {"cmap": "gray"} if img.ndim == 2 else {}
+    shown: dict[str, Any] = {"cmap": "gray"} if img.ndim == 2 else {}
     ax.imshow(img, extent=(0, w, h, 0), interpolation="nearest", **shown)
 
 

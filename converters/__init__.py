@@ -24,14 +24,13 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
-
 from converters import _layers as _layers
 from converters import _ops as _ops
 from converters._introspect import cam_layers as keras_cam_layers
 from converters._model import KerasModel
 from converters._registry import register, supported_layers
 from converters._tf import TFModel, from_tf
+from rfjax._types import check_input_shape
 from rfjax.errors import RFError
 
 
@@ -65,10 +64,7 @@ def from_keras(
     graph = walk(model_or_path, safe_mode=safe_mode)
     converted = KerasModel(graph, outputs)
     if input_shape is not None:
-        shape = tuple(input_shape)
-        if len(shape) != 3 or not all(isinstance(v, (int, np.integer)) and v > 0 for v in shape):
-            raise RFError(f"input_shape={shape!r} must be three positive integers (H, W, C).")
-        converted.input_shape = tuple(int(v) for v in shape)
+        converted.input_shape = check_input_shape(input_shape)
     elif any(v is None for v in converted.input_shape):
         raise RFError(
             f"the model's input shape {converted.input_shape} is dynamic; pass input_shape=(H, W, C) to from_keras."

@@ -27,11 +27,11 @@ import numpy as np
 
 from rfjax import memory
 from rfjax._types import HW, GradientMaps
-from rfjax.errors import RFCallError, RFError, cause
-from rfjax.lines import line_supports
+from rfjax.contract import on_clear
+from rfjax.errors import RFCallError, RFError, cause, output_label
+from rfjax.lines import MIN_PACK_GRID, line_supports
 
 InputChannels = str  # "abs_sum" | "sum" | "keep"
-_MIN_PACK_GRID = 8  # strategy "auto" packs cells only on grids at least this long on one side
 _INPUT_CHANNELS = ("abs_sum", "sum", "keep")
 
 
@@ -500,7 +500,7 @@ def plan(
     _, names, shapes = output_shapes(fn, xb, params, fast=fast)
     selected = _select_outputs(names, outputs)
     chans = [
-        channel_vector(channels if k in selected else None, s[3], _label(names[k])) for k, s in enumerate(shapes)
+        channel_vector(channels if k in selected else None, s[3], output_label(names[k])) for k, s in enumerate(shapes)
     ]
     budget = memory.check_budget(max_memory)
     return Plan(fn, params, xb, names, shapes, selected, chans, input_channels, _device_count(devices), budget)
@@ -576,7 +576,7 @@ def gradient_maps(
     if cotangents is not None:
         return _custom_cotangents(run, names, shapes, selected, cotangents, hw)
 
-    cell_arrs = {k: _cell_array(cells, (shapes[k][1], shapes[k][2]), _label(names[k])) for k in selected}
+    cell_arrs = {k: _cell_array(cells, (shapes[k][1], shapes[k][2]), output_label(names[k])) for k in selected}
     flats = _all_maps(run, shapes, chans, cell_arrs, strategy, (int(hw.h), int(hw.w)))
     results: dict[Any, GradientMaps] = {}
     for k in selected:
@@ -615,8 +615,10 @@ def _restricted(fn: Callable, keys: tuple[str, ...], with_params: bool) -> Calla
     return lambda x: pick(fn(x))
 
 
-def _label(name: Any) -> str:
-    return "the output" if name is None else f"output {name!r}"
+on_clear(_forward.cache_clear)
+on_clear(_mesh.cache_clear)
+on_clear(_program.cache_clear)
+on_clear(_restricted.cache_clear)
 
 
 def _select_outputs(names: list, outputs: Sequence | None) -> list[int]:
@@ -665,7 +667,7 @@ def _all_maps(
     grids = {k: (shapes[k][1], shapes[k][2]) for k in cells}
     # "auto" skips packing on small grids: the line pass would cost about Ho + Wo slots,
     # as much as packing could save there (a 7x7 grid: 14 slots against at most 49).
-    small = all(max(g) < _MIN_PACK_GRID for g in grids.values())
+    small = all(max(g) < MIN_PACK_GRID for g in grids.values())
     many = all(len(c) > 1 for c in cells.values())
     if many and (strategy == "packed" or (strategy == "auto" and not small)):
         packed = _packed(run, shapes, chans, cells, grids, hw, strategy == "packed")
@@ -757,7 +759,7 @@ def _custom_cotangents(
         ct = ct[..., None]
     if ct.ndim != 4 or ct.shape[1:3] != (ho, wo) or ct.shape[3] not in (1, co):
         raise RFError(
-            f"cotangents has shape {np.shape(cotangents)}; {_label(names[k])} needs (n, {ho}, {wo}, {co}), "
+            f"cotangents has shape {np.shape(cotangents)}; {output_label(names[k])} needs (n, {ho}, {wo}, {co}), "
             f"({ho}, {wo}, {co}) or ({ho}, {wo})."
         )
     if ct.shape[3] != co:

@@ -23,9 +23,9 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from rfjax import engine, growth
-from rfjax._types import HW, GradientMaps, ReceptiveField
-from rfjax.contract import ConvertedModel, as_function, resolve_model
-from rfjax.errors import RFCallError, RFError, RFGlobal, RFTooLarge, RFZeroGradient
+from rfjax._types import HW, GradientMaps, ReceptiveField, check_input_shape
+from rfjax.contract import ConvertedModel, as_function, on_clear, resolve_model
+from rfjax.errors import RFCallError, RFError, RFGlobal, RFTooLarge, RFZeroGradient, output_label
 from rfjax.growth import MAX_INPUT
 from rfjax.lines import central_index, central_lines, line_supports
 from rfjax.prepare import constant_input, linearize, prepare_params
@@ -186,20 +186,16 @@ def fit_maps(maps: GradientMaps, strict: bool = False) -> ReceptiveField:
     )
 
 
-def _label(name: Any) -> str:
-    return "the output" if name is None else f"output {name!r}"
-
-
 def _check_maps(values: np.ndarray, nz: np.ndarray, name: Any) -> None:
     nan = np.asarray(np.isnan(values).reshape(len(values), -1).any(axis=1))
     if nan.any():
         raise RFError(
-            f"the input gradient of {_label(name)} is NaN for {int(nan.sum())} of {len(nan)} cells; {_PREPARE_HINT}."
+            f"the input gradient of {output_label(name)} is NaN for {int(nan.sum())} of {len(nan)} cells; {_PREPARE_HINT}."
         )
     zero = np.asarray(~nz.reshape(len(nz), -1).any(axis=1))
     if zero.any():
         raise RFZeroGradient(
-            f"the input gradient of {_label(name)} is zero for {int(zero.sum())} of {len(zero)} cells "
+            f"the input gradient of {output_label(name)} is zero for {int(zero.sum())} of {len(zero)} cells "
             f"(dead ReLUs or max pooling can block it); {_PREPARE_HINT}."
         )
 
@@ -230,6 +226,10 @@ def _view(
 def _prepared_fn(fn: Callable) -> Callable:
     """Linearised ``fn`` (cached so repeated calls reuse the compiled program)."""
     return linearize(fn)
+
+
+on_clear(_VIEWS.clear)
+on_clear(_prepared_fn.cache_clear)
 
 
 def receptive_field(
@@ -462,11 +462,7 @@ def _too_large(e: _TooSmall, shape: tuple[int, int, int]) -> RFTooLarge:
 def _input_shape(input_shape: Sequence[int] | None, x: Any) -> tuple[int, int, int]:
     if input_shape is None and x is None:
         raise RFError("input_shape is missing: pass input_shape=(H, W, C) or an input x.")
-    shape = tuple(np.shape(x))[-3:] if input_shape is None else tuple(input_shape)
-    if len(shape) != 3 or not all(isinstance(v, (int, np.integer)) and v > 0 for v in shape):
-        raise RFError(f"input_shape={tuple(shape)!r} must be three positive integers (H, W, C).")
-    h, w, c = (int(v) for v in shape)
-    return (h, w, c)
+    return check_input_shape(tuple(np.shape(x))[-3:] if input_shape is None else input_shape)
 
 
 def _fit_all(fn: Callable, params: Any, x: Any, method: str, outputs, channels, strict: bool = False):

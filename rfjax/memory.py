@@ -25,6 +25,7 @@ from typing import Any
 
 import jax
 
+from rfjax.contract import on_clear
 from rfjax.errors import RFMemoryError
 
 #: share of the available memory one compiled program may take by default (the rest is
@@ -203,3 +204,6 @@ def check_fits(executable: Any, budget: int | None, *, what: str, fix: str, give
     if budget is not None and need > budget:
         raise RFMemoryError(_refusal(what, fix, need, budget, given), needed=need, budget=budget)
     return executable
+
+
+on_clear(_COMPILED.clear)

@@ -10,6 +10,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from rfjax.contract import on_clear
 from rfjax.errors import RFError
 
 
@@ -77,3 +78,6 @@ def layer_only(fn: Callable, with_params: bool, index: int) -> Callable:
     if with_params:
         return lambda params, x: jax.tree_util.tree_leaves(fn(params, x))[index]
     return lambda x: jax.tree_util.tree_leaves(fn(x))[index]
+
+
+on_clear(layer_only.cache_clear)

@@ -30,7 +30,7 @@ from rfjax.activation_maps.methods import HEAD_TOL
 from rfjax.activation_maps.methods import method as lookup_method
 from rfjax.activation_maps.result import CAMResult
 from rfjax.activation_maps.tap import tapped
-from rfjax.contract import as_function
+from rfjax.contract import as_function, on_clear
 from rfjax.errors import RFError, cause
 
 
@@ -256,3 +256,6 @@ def layer_cam(model: Any, images: Any, **kwargs: Any) -> CAMResult:
     """Layer-CAM (Jiang et al. 2021): ``relu(sum_k relu(G_k) * A_k)``, cell by cell.
     Arguments as in :func:`class_activation_maps`."""
     return class_activation_maps(model, images, method="layer_cam", **kwargs)
+
+
+on_clear(_program.cache_clear)

@@ -75,4 +75,23 @@ def from_keras(
     return converted
 
 
-__all__ = ["KerasModel", "RFError", "TFModel", "from_keras", "from_tf", "register", "supported_layers"]
+def __getattr__(name: str) -> Any:
+    """``from_onnx`` and ``OnnxModel`` from :mod:`converters.onnx`, imported on first use."""
+    if name in ("from_onnx", "OnnxModel"):
+        from converters import onnx as _onnx
+
+        return getattr(_onnx, name)
+    raise AttributeError(f"module 'converters' has no attribute {name!r}")
+
+
+__all__ = [
+    "KerasModel",
+    "OnnxModel",
+    "RFError",
+    "TFModel",
+    "from_keras",
+    "from_onnx",
+    "from_tf",
+    "register",
+    "supported_layers",
+]

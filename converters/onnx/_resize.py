@@ -26,14 +26,15 @@ _ROUNDING = {
 
 
 def _source(mode: str, out: int, size: int, scale: float) -> np.ndarray:
-    """The input coordinate of every output pixel along one axis."""
-    x = np.arange(out, dtype=np.float64)
+    """The input coordinate of every output pixel along one axis, in float32 as ONNX
+    Runtime computes it (a float64 coordinate can land on the other side of .5)."""
+    x, scale = np.arange(out, dtype=np.float32), np.float32(scale)
     if mode == "half_pixel":
         return (x + 0.5) / scale - 0.5
     if mode == "pytorch_half_pixel":
-        return (x + 0.5) / scale - 0.5 if out > 1 else np.zeros(out)
+        return (x + 0.5) / scale - 0.5 if out > 1 else np.zeros(out, np.float32)
     if mode == "align_corners":
-        return x * (size - 1) / (out - 1) if out > 1 else np.zeros(out)
+        return x * np.float32(size - 1) / np.float32(out - 1) if out > 1 else np.zeros(out, np.float32)
     if mode == "tf_half_pixel_for_nn":
         return (x + 0.5) / scale
     return x / scale

@@ -257,3 +257,62 @@ def test_layout_ops_split_slice_transpose_squeeze():
     }
     inits["mm"] = weight(143, 4)
     _parity(model(nodes, {"x": (1, 3, 11, 13)}, ["y"], inits), outputs=["s", "t", "y"])
+
+
+# --------------------------------------------------------------------------- exported torchvision models
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """``get(name, size, dynamo=False) -> (path, module)``: a torchvision model with random
+    weights exported to ONNX once per module."""
+    import torch
+    import torchvision
+
+    folder, made = tmp_path_factory.mktemp("onnx"), {}
+
+    def get(name: str, size: int = 64, dynamo: bool = False):
+        key = (name, size, dynamo)
+        if key not in made:
+            torch.manual_seed(0)
+            module = getattr(torchvision.models, name)(weights=None).eval()
+            path = folder / f"{name}_{size}_{int(dynamo)}.onnx"
+            x = torch.randn(1, 3, size, size)
+            torch.onnx.export(module, (x,), str(path), dynamo=dynamo, opset_version=18 if dynamo else 17)
+            made[key] = (str(path), module)
+        return made[key]
+
+    return get
+
+
+_FLOAT_OPS = {"Conv", "Relu", "Clip", "Concat", "MaxPool", "AveragePool", "Sigmoid", "HardSwish", "BatchNormalization"}
+
+
+def _model_parity(path, size: int, n: int = 6):
+    """The graph's output and about ``n`` values spread over the graph equal ONNX Runtime's."""
+    import onnx
+
+    proto = onnx.load(path)
+    values = [node.output[0] for node in proto.graph.node if node.op_type in _FLOAT_OPS]
+    picked = [*values[:: max(len(values) // n, 1)], proto.graph.output[0].name]
+    x = np.random.default_rng(3).standard_normal((1, 3, size, size)).astype(np.float32)
+    converted = converters.from_onnx(path, outputs=picked)
+    ours = jax.jit(converted.apply)(converted.params, nhwc(x))  # eager dispatch is slower than one compile
+    ref = runtime(proto, x, picked)
+    for name in picked:
+        assert_close(ours[name], nhwc(ref[name]), what=name)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2", "squeezenet1_1", "shufflenet_v2_x0_5"])
+def test_torchvision_exports_match_onnxruntime(exported, name):
+    _model_parity(exported(name)[0], 64)
+
+
+@pytest.mark.slow
+def test_squeeze_excitation_and_hardswish_export_matches_onnxruntime(exported):
+    _model_parity(exported("mobilenet_v3_small")[0], 64)
+
+
+@pytest.mark.slow
+def test_dynamo_export_matches_onnxruntime(exported):
+    _model_parity(exported("resnet18", dynamo=True)[0], 64)

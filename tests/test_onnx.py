@@ -316,3 +316,207 @@ def test_squeeze_excitation_and_hardswish_export_matches_onnxruntime(exported):
 @pytest.mark.slow
 def test_dynamo_export_matches_onnxruntime(exported):
     _model_parity(exported("resnet18", dynamo=True)[0], 64)
+
+
+# --------------------------------------------------------------------------- receptive fields
+
+
+def _torch_rf(module, size: int) -> tuple[int, int, float]:
+    """``(size, stride, offset)`` along h of ``module``'s output, measured without rfjax:
+    a float64 copy with constant positive kernels, zero biases, identity batch norms and
+    activations and average pooling; the input-gradient supports of two neighbouring
+    central cells give the size, the stride and the padding."""
+    import copy
+
+    import torch
+
+    m = copy.deepcopy(module).double().eval()
+    for parent in list(m.modules()):
+        for key, child in parent.named_children():
+            if isinstance(child, (torch.nn.ReLU, torch.nn.ReLU6, torch.nn.BatchNorm2d, torch.nn.Dropout)):
+                setattr(parent, key, torch.nn.Identity())
+            elif isinstance(child, torch.nn.MaxPool2d):
+                pool = torch.nn.AvgPool2d(child.kernel_size, child.stride, child.padding, child.ceil_mode, False)
+                setattr(parent, key, pool)
+            elif isinstance(child, torch.nn.Conv2d):
+                with torch.no_grad():
+                    child.weight.fill_(1.0 / child.weight[0].numel())
+                    if child.bias is not None:
+                        child.bias.zero_()
+    x = torch.ones(1, 3, size, size, dtype=torch.float64, requires_grad=True)
+    out = m(x)
+    i = out.shape[2] // 2
+    starts, ends = [], []
+    for row in (i, i + 1):
+        (g,) = torch.autograd.grad(out[0, :, row, i].sum(), x, retain_graph=True)
+        rows = np.nonzero(g.abs().sum(dim=(0, 1, 3)).numpy())[0]
+        assert rows[0] > 0 and rows[-1] < size - 1, "the reference cell's RF is clipped; use a larger input"
+        starts.append(rows[0])
+        ends.append(rows[-1])
+    rf, stride = int(ends[0] - starts[0] + 1), int(starts[1] - starts[0])
+    padding = i * stride - starts[0]
+    return rf, stride, rf / 2 - padding
+
+
+def _export(module, size: int, path) -> str:
+    import torch
+
+    torch.onnx.export(module.eval(), (torch.randn(1, 3, size, size),), str(path), dynamo=False, opset_version=17)
+    return str(path)
+
+
+def test_rf_of_exported_resnet18_trunk_equals_the_float64_torch_support(tmp_path):
+    import torch
+    import torchvision
+
+    import rfjax
+
+    resnet = torchvision.models.resnet18(weights=None)
+    trunk = torch.nn.Sequential(*list(resnet.children())[:-3])  # up to layer3
+    path = _export(trunk, 64, tmp_path / "trunk.onnx")
+    (rf,) = rfjax.receptive_field(path, grow=True).values()  # a path resolves through converters.from_onnx
+    size, stride, offset = _torch_rf(trunk, 320)
+    assert (size, stride) == (211, 16)  # FACTS.md: the same float64 measurement, made independently
+    assert tuple(rf.size) == (size, size) and tuple(rf.stride) == (stride, stride)
+    assert tuple(rf.offset) == (offset, offset)
+
+
+def test_rf_of_squeezenet_features_one_channel_and_full_copy_agree_with_torch(tmp_path):
+    import torchvision
+
+    import rfjax
+
+    features = torchvision.models.squeezenet1_1(weights=None).features  # ceil_mode max pooling, concats
+    converted = converters.from_onnx(_export(features, 64, tmp_path / "sq.onnx"))
+    assert converted.has_one_channel
+    (one,) = rfjax.receptive_field(converted, grow=True).values()
+    every = list(range(512))  # every channel, named: the full-channel copy (one channel alone has its own RF)
+    (full,) = rfjax.receptive_field(converted, grow=True, channels=every).values()  # a channel subset: the full-channel copy
+    size, stride, offset = _torch_rf(features, 256)
+    for rf in (one, full):
+        assert tuple(rf.size) == (size, size) and tuple(rf.stride) == (stride, stride)
+        assert tuple(rf.offset) == (offset, offset)
+    assert converted.rf_bound(converted.output_names[0]).size == (size, size)
+
+
+def test_channel_split_models_fall_back_to_the_full_channel_copy(exported):
+    converted = converters.from_onnx(exported("shufflenet_v2_x0_5")[0])
+    assert not converted.has_one_channel  # its channel split would merge the branches it separates
+    x = jax.ShapeDtypeStruct((1, 64, 64, 3), np.float32)
+    copy = converted.prepared(one_channel=True)
+    (shape,) = jax.eval_shape(lambda x: copy(x), x).values()
+    assert shape.shape == (1, 1000)  # all channels kept
+
+
+def _chain():
+    """Conv (asymmetric pads, stride 2) -> MaxPool (ceil_mode, pads) -> Conv (SAME_LOWER,
+    dilation 1) -> AveragePool (SAME_UPPER), and the same chain in closed form."""
+    from rfjax.analytic import Layer
+
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["a"], pads=[2, 1, 0, 1], strides=[2, 2]),
+        helper.make_node("Relu", ["a"], ["b"]),
+        helper.make_node("MaxPool", ["b"], ["c"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1], ceil_mode=1),
+        helper.make_node("Conv", ["c", "w2"], ["d"], auto_pad="SAME_LOWER", strides=[2, 2]),
+        helper.make_node("AveragePool", ["d"], ["y"], kernel_shape=[2, 2], strides=[1, 1], auto_pad="SAME_UPPER"),
+    ]
+    proto = model(nodes, {"x": (1, 3, 96, 96)}, ["y"], {"w1": weight(4, 3, 5, 5), "w2": weight(4, 4, 4, 4)})
+    layers = [
+        Layer.conv(5, 2, padding=((2, 0), (1, 1))),
+        Layer.pool(3, 2, padding=((1, 1), (1, 1)), kind="max_pool"),
+        Layer.conv(4, 2, padding=((1, 1), (1, 1))),  # SAME_LOWER at 24 -> 12: total 2, 1 before and after
+        Layer.pool(2, 1, padding=((0, 1), (0, 1))),
+    ]
+    return proto, layers
+
+
+def test_rf_of_a_padded_chain_equals_the_closed_form():
+    import rfjax
+    from rfjax.analytic import analytic_rf
+
+    proto, layers = _chain()
+    converted = converters.from_onnx(proto)
+    rf = rfjax.receptive_field(converted, layer="y")
+    truth = analytic_rf(layers, (96, 96, 3))
+    assert (rf.size, rf.stride, rf.offset) == (truth.size, truth.stride, truth.offset)
+    bound = converted.rf_bound("y")
+    assert (bound.size, bound.stride) == (truth.size, truth.stride)
+
+
+def test_readme_network_through_onnx_keras_and_the_closed_form(tmp_path):
+    """The receptivefield README network (MISSION.md: offset 17, stride 4, size 34 at
+    96x96x3) exported from PyTorch equals the same network through from_keras."""
+    import keras
+    import torch
+
+    import rfjax
+
+    t = torch.nn
+    net = t.Sequential(
+        t.Conv2d(3, 32, 5), t.Conv2d(32, 32, 3), t.AvgPool2d(2),
+        t.Conv2d(32, 64, 3), t.Conv2d(64, 64, 3), t.AvgPool2d(2),
+        t.Conv2d(64, 128, 3), t.Conv2d(128, 128, 3),
+    )  # fmt: skip
+    (onnx_rf,) = rfjax.receptive_field(_export(net, 96, tmp_path / "readme.onnx")).values()
+    L = keras.layers
+    k = keras.Sequential(
+        [keras.Input((96, 96, 3)), L.Conv2D(32, 5), L.Conv2D(32, 3), L.AveragePooling2D(2), L.Conv2D(64, 3),
+         L.Conv2D(64, 3), L.AveragePooling2D(2), L.Conv2D(128, 3), L.Conv2D(128, 3)]
+    )  # fmt: skip
+    (keras_rf,) = rfjax.receptive_field(converters.from_keras(k)).values()
+    assert (onnx_rf.size, onnx_rf.stride, onnx_rf.offset) == ((34, 34), (4, 4), (17.0, 17.0))
+    assert (onnx_rf.size, onnx_rf.stride, onnx_rf.offset) == (keras_rf.size, keras_rf.stride, keras_rf.offset)
+
+
+# --------------------------------------------------------------------------- global branches
+
+
+def _squeeze_excitation():
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("GlobalAveragePool", ["c"], ["g"]),
+        helper.make_node("Conv", ["g", "w1"], ["h"]),
+        helper.make_node("Sigmoid", ["h"], ["s"]),
+        helper.make_node("Mul", ["c", "s"], ["y"]),
+    ]
+    return model(nodes, {"x": (1, 3, 32, 32)}, ["y"], {"w": weight(4, 3, 3, 3), "w1": weight(4, 4, 1, 1)})
+
+
+def test_squeeze_excitation_is_flagged_global_with_its_local_rf():
+    import rfjax
+
+    converted = _parity(_squeeze_excitation(), np.ones((1, 3, 32, 32), np.float32))
+    assert converted.global_nodes() == {"g"}  # unnamed nodes go by their first output
+    assert converted.depends_globally("y") and not converted.depends_globally("c")
+    rf = rfjax.receptive_field(converted, layer="y")
+    assert rf.global_ and tuple(rf.size) == (3, 3)
+
+
+def test_instance_normalisation_is_global_and_held_to_its_local_rf():
+    import rfjax
+
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"]),
+        helper.make_node("InstanceNormalization", ["c", "s", "b"], ["y"], name="norm"),
+    ]
+    proto = model(nodes, {"x": (1, 3, 32, 32)}, ["y"], {"w": weight(2, 3, 3, 3), "s": weight(2), "b": weight(2)})
+    converted = converters.from_onnx(proto)
+    assert converted.global_nodes() == {"norm"}
+    prepared = converted.prepared()
+    x = np.ones((1, 32, 32, 3), np.float32)
+    g = jax.grad(lambda x: prepared(x)["y"][0, 10, 10].sum())(x)
+    assert np.count_nonzero(g.sum(-1)) == 32 * 32  # the statistics read every pixel: global
+    rf = rfjax.receptive_field(converted, layer="y")
+    assert rf.global_ and tuple(rf.size) == (3, 3)
+
+
+def test_output_after_global_pooling_is_refused_as_global(exported):
+    import rfjax
+    from rfjax.errors import RFGlobal
+
+    import onnx
+
+    path = exported("resnet18")[0]
+    (pooled,) = [n.output[0] for n in onnx.load(path).graph.node if n.op_type == "GlobalAveragePool"]
+    with pytest.raises(RFGlobal):
+        rfjax.receptive_field(converters.from_onnx(path), layer=pooled)

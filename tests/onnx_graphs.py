@@ -35,13 +35,17 @@ def model(
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
 
 
-def single(op: str, shape: Sequence[int], inits: dict | None = None, opset: int = 17, **attrs) -> onnx.ModelProto:
+def single(
+    op: str, shape: Sequence[int], inits: dict | None = None, opset: int = 17, **attrs
+) -> onnx.ModelProto:
     """One ``op`` node on input ``x`` (then the initializers, in order) with output ``y``."""
     node = helper.make_node(op, ["x", *(inits or {})], ["y"], name=f"the_{op.lower()}", **attrs)
     return model([node], {"x": shape}, ["y"], inits, opset)
 
 
-def runtime(proto: onnx.ModelProto, x: np.ndarray, outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+def runtime(
+    proto: onnx.ModelProto, x: np.ndarray, outputs: Sequence[str] | None = None
+) -> dict[str, np.ndarray]:
     """ONNX Runtime's values of ``outputs`` (default the graph's) for NCHW ``x``."""
     import onnxruntime as ort
 

@@ -7,18 +7,22 @@ import jax
 import numpy as np
 import pytest
 from onnx import helper
-
-import converters
 from onnx_graphs import assert_close, model, nhwc, runtime, single, weight
 
-X = np.random.default_rng(1).standard_normal((1, 3, 11, 13)).astype(np.float32)  # odd sizes: padding rules show
+import converters
+
+X = (
+    np.random.default_rng(1).standard_normal((1, 3, 11, 13)).astype(np.float32)
+)  # odd sizes: padding rules show
 
 
 def _parity(proto, x=X, outputs=None, input_shape=None):
     """Every requested output of the converted model equals ONNX Runtime's."""
+    import onnx
+
     converted = converters.from_onnx(proto, outputs=outputs, input_shape=input_shape)
     ours = converted(nhwc(x))
-    ref = runtime(proto, x, converted.output_names)
+    ref = runtime(onnx.load(proto) if isinstance(proto, str) else proto, x, converted.output_names)
     for name in converted.output_names:
         assert_close(ours[name], nhwc(ref[name]), what=name)
     return converted
@@ -26,10 +30,10 @@ def _parity(proto, x=X, outputs=None, input_shape=None):
 
 W3 = weight(4, 3, 3, 3)
 CONV_CASES = {
-    "asymmetric pads, stride 2": dict(pads=[0, 1, 2, 1], strides=[2, 2]),
-    "SAME_UPPER stride 2": dict(auto_pad="SAME_UPPER", strides=[2, 2]),
-    "SAME_LOWER stride 2": dict(auto_pad="SAME_LOWER", strides=[2, 2]),
-    "VALID dilated": dict(auto_pad="VALID", dilations=[2, 3]),
+    "asymmetric pads, stride 2": {"pads": [0, 1, 2, 1], "strides": [2, 2]},
+    "SAME_UPPER stride 2": {"auto_pad": "SAME_UPPER", "strides": [2, 2]},
+    "SAME_LOWER stride 2": {"auto_pad": "SAME_LOWER", "strides": [2, 2]},
+    "VALID dilated": {"auto_pad": "VALID", "dilations": [2, 3]},
 }
 
 
@@ -57,41 +61,60 @@ def test_pointwise_strided_conv():
 
 
 TRANSPOSE_CASES = {
-    "stride 2 pads": (weight(3, 4, 3, 3), dict(strides=[2, 2], pads=[1, 0, 1, 2])),
-    "output_padding": (weight(3, 4, 3, 3), dict(strides=[2, 2], pads=[1, 1, 1, 1], output_padding=[1, 0])),
-    "groups": (weight(3, 2, 4, 4), dict(strides=[2, 2], group=3, pads=[1, 1, 1, 1])),
-    "dilated": (weight(3, 2, 3, 3), dict(dilations=[2, 1])),
+    "stride 2 pads": (weight(3, 4, 3, 3), {"strides": [2, 2], "pads": [1, 0, 1, 2]}),
+    "output_padding": (
+        weight(3, 4, 3, 3),
+        {"strides": [2, 2], "pads": [1, 1, 1, 1], "output_padding": [1, 0]},
+    ),
+    "groups": (weight(3, 2, 4, 4), {"strides": [2, 2], "group": 3, "pads": [1, 1, 1, 1]}),
+    "dilated": (weight(3, 2, 3, 3), {"dilations": [2, 1]}),
     "output_shape SAME_UPPER": (
         weight(3, 2, 3, 3),
-        dict(strides=[2, 2], output_shape=[21, 26], auto_pad="SAME_UPPER"),
+        {"strides": [2, 2], "output_shape": [21, 26], "auto_pad": "SAME_UPPER"},
     ),
 }
 
 
 @pytest.mark.parametrize("w, attrs", TRANSPOSE_CASES.values(), ids=TRANSPOSE_CASES)
 def test_conv_transpose_matches_onnxruntime(w, attrs):
-    _parity(single("ConvTranspose", (1, 3, 11, 13), {"w": w, "b": weight(w.shape[1] * attrs.get("group", 1))}, **attrs))
+    _parity(
+        single(
+            "ConvTranspose",
+            (1, 3, 11, 13),
+            {"w": w, "b": weight(w.shape[1] * attrs.get("group", 1))},
+            **attrs,
+        )
+    )
 
 
 POOL_CASES = {
-    "max ceil_mode with pads": ("MaxPool", dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1], ceil_mode=1)),
-    "max ceil_mode no pads": ("MaxPool", dict(kernel_shape=[2, 2], strides=[2, 2], ceil_mode=1)),
-    "max SAME_LOWER": ("MaxPool", dict(kernel_shape=[2, 3], strides=[2, 2], auto_pad="SAME_LOWER")),
-    "max dilated": ("MaxPool", dict(kernel_shape=[2, 2], dilations=[2, 2], pads=[1, 0, 0, 1])),
-    "max storage_order": ("MaxPool", dict(kernel_shape=[3, 3], storage_order=1)),
+    "max ceil_mode with pads": (
+        "MaxPool",
+        {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1], "ceil_mode": 1},
+    ),
+    "max ceil_mode no pads": ("MaxPool", {"kernel_shape": [2, 2], "strides": [2, 2], "ceil_mode": 1}),
+    "max SAME_LOWER": ("MaxPool", {"kernel_shape": [2, 3], "strides": [2, 2], "auto_pad": "SAME_LOWER"}),
+    "max dilated": ("MaxPool", {"kernel_shape": [2, 2], "dilations": [2, 2], "pads": [1, 0, 0, 1]}),
+    "max storage_order": ("MaxPool", {"kernel_shape": [3, 3], "storage_order": 1}),
     "avg count_include_pad": (
         "AveragePool",
-        dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1], count_include_pad=1),
+        {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1], "count_include_pad": 1},
     ),
     "avg exclude pad, ceil_mode": (
         "AveragePool",
-        dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 0, 1, 2], ceil_mode=1),
+        {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 0, 1, 2], "ceil_mode": 1},
     ),
     "avg include pad, ceil_mode": (
         "AveragePool",
-        dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1], ceil_mode=1, count_include_pad=1),
+        {
+            "kernel_shape": [3, 3],
+            "strides": [2, 2],
+            "pads": [1, 1, 1, 1],
+            "ceil_mode": 1,
+            "count_include_pad": 1,
+        },
     ),
-    "avg SAME_UPPER": ("AveragePool", dict(kernel_shape=[3, 2], strides=[2, 2], auto_pad="SAME_UPPER")),
+    "avg SAME_UPPER": ("AveragePool", {"kernel_shape": [3, 2], "strides": [2, 2], "auto_pad": "SAME_UPPER"}),
 }
 
 
@@ -102,7 +125,11 @@ def test_pooling_matches_onnxruntime(op, attrs):
 
 @pytest.mark.parametrize(
     "mode, pads",
-    [("constant", [0, 0, 1, 2, 0, 0, 3, 0]), ("reflect", [0, 0, 2, 1, 0, 0, 1, 3]), ("edge", [0, 0, 2, 0, 0, 0, 0, 2])],
+    [
+        ("constant", [0, 0, 1, 2, 0, 0, 3, 0]),
+        ("reflect", [0, 0, 2, 1, 0, 0, 1, 3]),
+        ("edge", [0, 0, 2, 0, 0, 0, 0, 2]),
+    ],
 )
 def test_pad_modes(mode, pads):
     _parity(single("Pad", (1, 3, 11, 13), {"pads": np.array(pads, np.int64)}, mode=mode))
@@ -285,7 +312,17 @@ def exported(tmp_path_factory):
     return get
 
 
-_FLOAT_OPS = {"Conv", "Relu", "Clip", "Concat", "MaxPool", "AveragePool", "Sigmoid", "HardSwish", "BatchNormalization"}
+_FLOAT_OPS = {
+    "Conv",
+    "Relu",
+    "Clip",
+    "Concat",
+    "MaxPool",
+    "AveragePool",
+    "Sigmoid",
+    "HardSwish",
+    "BatchNormalization",
+}
 
 
 def _model_parity(path, size: int, n: int = 6):
@@ -336,7 +373,9 @@ def _torch_rf(module, size: int) -> tuple[int, int, float]:
             if isinstance(child, (torch.nn.ReLU, torch.nn.ReLU6, torch.nn.BatchNorm2d, torch.nn.Dropout)):
                 setattr(parent, key, torch.nn.Identity())
             elif isinstance(child, torch.nn.MaxPool2d):
-                pool = torch.nn.AvgPool2d(child.kernel_size, child.stride, child.padding, child.ceil_mode, False)
+                pool = torch.nn.AvgPool2d(
+                    child.kernel_size, child.stride, child.padding, child.ceil_mode, False
+                )
                 setattr(parent, key, pool)
             elif isinstance(child, torch.nn.Conv2d):
                 with torch.no_grad():
@@ -361,7 +400,9 @@ def _torch_rf(module, size: int) -> tuple[int, int, float]:
 def _export(module, size: int, path) -> str:
     import torch
 
-    torch.onnx.export(module.eval(), (torch.randn(1, 3, size, size),), str(path), dynamo=False, opset_version=17)
+    torch.onnx.export(
+        module.eval(), (torch.randn(1, 3, size, size),), str(path), dynamo=False, opset_version=17
+    )
     return str(path)
 
 
@@ -391,7 +432,9 @@ def test_rf_of_squeezenet_features_one_channel_and_full_copy_agree_with_torch(tm
     assert converted.has_one_channel
     (one,) = rfjax.receptive_field(converted, grow=True).values()
     every = list(range(512))  # every channel, named: the full-channel copy (one channel alone has its own RF)
-    (full,) = rfjax.receptive_field(converted, grow=True, channels=every).values()  # a channel subset: the full-channel copy
+    (full,) = rfjax.receptive_field(
+        converted, grow=True, channels=every
+    ).values()  # a channel subset: the full-channel copy
     size, stride, offset = _torch_rf(features, 256)
     for rf in (one, full):
         assert tuple(rf.size) == (size, size) and tuple(rf.stride) == (stride, stride)
@@ -416,9 +459,13 @@ def _chain():
     nodes = [
         helper.make_node("Conv", ["x", "w1"], ["a"], pads=[2, 1, 0, 1], strides=[2, 2]),
         helper.make_node("Relu", ["a"], ["b"]),
-        helper.make_node("MaxPool", ["b"], ["c"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1], ceil_mode=1),
+        helper.make_node(
+            "MaxPool", ["b"], ["c"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1], ceil_mode=1
+        ),
         helper.make_node("Conv", ["c", "w2"], ["d"], auto_pad="SAME_LOWER", strides=[2, 2]),
-        helper.make_node("AveragePool", ["d"], ["y"], kernel_shape=[2, 2], strides=[1, 1], auto_pad="SAME_UPPER"),
+        helper.make_node(
+            "AveragePool", ["d"], ["y"], kernel_shape=[2, 2], strides=[1, 1], auto_pad="SAME_UPPER"
+        ),
     ]
     proto = model(nodes, {"x": (1, 3, 96, 96)}, ["y"], {"w1": weight(4, 3, 5, 5), "w2": weight(4, 4, 4, 4)})
     layers = [
@@ -499,7 +546,9 @@ def test_instance_normalisation_is_global_and_held_to_its_local_rf():
         helper.make_node("Conv", ["x", "w"], ["c"]),
         helper.make_node("InstanceNormalization", ["c", "s", "b"], ["y"], name="norm"),
     ]
-    proto = model(nodes, {"x": (1, 3, 32, 32)}, ["y"], {"w": weight(2, 3, 3, 3), "s": weight(2), "b": weight(2)})
+    proto = model(
+        nodes, {"x": (1, 3, 32, 32)}, ["y"], {"w": weight(2, 3, 3, 3), "s": weight(2), "b": weight(2)}
+    )
     converted = converters.from_onnx(proto)
     assert converted.global_nodes() == {"norm"}
     prepared = converted.prepared()
@@ -511,12 +560,131 @@ def test_instance_normalisation_is_global_and_held_to_its_local_rf():
 
 
 def test_output_after_global_pooling_is_refused_as_global(exported):
+    import onnx
+
     import rfjax
     from rfjax.errors import RFGlobal
-
-    import onnx
 
     path = exported("resnet18")[0]
     (pooled,) = [n.output[0] for n in onnx.load(path).graph.node if n.op_type == "GlobalAveragePool"]
     with pytest.raises(RFGlobal):
         rfjax.receptive_field(converters.from_onnx(path), layer=pooled)
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def _save(proto, path) -> str:
+    import onnx
+
+    onnx.save(proto, str(path))
+    return str(path)
+
+
+def test_a_file_that_is_not_onnx_is_refused_naming_it(tmp_path):
+    from rfjax.errors import RFError
+
+    path = tmp_path / "notes.onnx"
+    path.write_text("these are not the weights you are looking for\n")
+    with pytest.raises(RFError, match="notes.onnx.*not an ONNX model"):
+        converters.from_onnx(str(path))
+
+
+def test_a_truncated_file_is_refused_naming_it(tmp_path):
+    from rfjax.errors import RFError
+
+    data = single("Conv", (1, 3, 11, 13), {"w": W3}).SerializeToString()
+    path = tmp_path / "cut.onnx"
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(RFError, match="cut.onnx.*truncated"):
+        converters.from_onnx(str(path))
+
+
+def test_dynamic_spatial_size_needs_input_shape(tmp_path):
+    from rfjax.errors import RFError
+
+    path = _save(single("Conv", ("N", 3, "H", "W"), {"w": W3}), tmp_path / "dyn.onnx")
+    with pytest.raises(RFError, match=r"input 'x' of '.*dyn.onnx' has dynamic dimensions.*input_shape"):
+        converters.from_onnx(path)
+    _parity(path, input_shape=(11, 13, 3))
+
+
+def test_several_inputs_ask_which_one_is_the_image(tmp_path):
+    from rfjax.errors import RFError
+
+    nodes = [helper.make_node("Add", ["x", "z"], ["y"])]
+    path = _save(model(nodes, {"x": (1, 3, 8, 8), "z": (1, 3, 8, 8)}, ["y"]), tmp_path / "two.onnx")
+    with pytest.raises(RFError, match=r"two.onnx' has 2 inputs \['x', 'z'\]; pass input_name="):
+        converters.from_onnx(path)
+    assert converters.from_onnx(path, input_name="z").input_name == "z"
+
+
+def test_unsupported_op_names_node_type_opset_and_the_supported_list():
+    from rfjax.errors import RFError
+
+    nodes = [helper.make_node("Einsum", ["x"], ["y"], name="mixer", equation="nchw->nchw")]
+    with pytest.raises(
+        RFError, match=r"node 'mixer' of the ModelProto has op type 'Einsum' \(opset 17\).*supported: .*Conv"
+    ):
+        converters.from_onnx(model(nodes, {"x": (1, 3, 8, 8)}, ["y"]))
+
+
+def test_unsupported_opset_and_unknown_attribute_are_refused():
+    from rfjax.errors import RFError
+
+    with pytest.raises(RFError, match="uses opset 10 of the default ONNX domain; rfjax reads opsets 11 to"):
+        converters.from_onnx(single("Relu", (1, 3, 8, 8), opset=10))
+    with pytest.raises(RFError, match=r"node 'the_conv' \(Conv\).*attribute\(s\) \['winograd'\]"):
+        converters.from_onnx(single("Conv", (1, 3, 11, 13), {"w": W3}, winograd=1))
+
+
+def test_missing_external_data_names_the_initializer_and_file(tmp_path):
+    import onnx
+
+    from rfjax.errors import RFError
+
+    proto = single("Conv", (1, 3, 11, 13), {"w": W3, "b": weight(4)})
+    path = str(tmp_path / "ext.onnx")
+    onnx.save(proto, path, save_as_external_data=True, location="ext.bin", size_threshold=0)
+    _parity(path)  # external data next to the file is read
+    (tmp_path / "ext.bin").unlink()
+    with pytest.raises(
+        RFError, match=r"initializer 'w' of '.*ext.onnx' is stored in 'ext.bin', which is not in"
+    ):
+        converters.from_onnx(path)
+
+
+def test_a_shape_input_computed_from_the_image_is_refused():
+    from rfjax.errors import RFError
+
+    nodes = [
+        helper.make_node("Cast", ["x"], ["i"], to=7),
+        helper.make_node("Reshape", ["x", "i"], ["y"], name="r"),
+    ]
+    with pytest.raises(RFError, match=r"node 'r' \(Reshape\).*input 1 \('i'\) must be a constant"):
+        converters.from_onnx(model(nodes, {"x": (1, 4, 1, 1)}, ["y"]))(np.ones((1, 1, 1, 4), np.float32))
+
+
+def test_registering_an_op_twice_is_refused():
+    from converters.onnx import register
+    from rfjax.errors import RFError
+
+    with pytest.raises(RFError, match="'Conv' is already registered"):
+        register("Conv")(lambda ctx, x: x)
+
+
+def test_readme_ops_table_is_the_registry():
+    import pathlib
+
+    from converters.onnx import ops_table
+
+    readme = (pathlib.Path(__file__).parent.parent / "README.md").read_text()
+    assert ops_table() in readme
+
+
+def test_importing_rfjax_and_converters_does_not_import_onnx():
+    import subprocess
+    import sys
+
+    code = "import sys, rfjax, converters, converters.onnx; assert not {'onnx', 'onnxruntime', 'torch'} & set(sys.modules)"
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -8,8 +8,9 @@ graph description and interprets it op by op through a registry keyed by ONNX op
     model = converters.from_onnx("resnet18.onnx", outputs=["/layer3/layer3.1/relu_1/Relu_output_0"])
     rf = rfjax.receptive_field(model)
 
-The file computes in NCHW; images in and 4-D maps out are NHWC, as everywhere in
-rfjax. Only the ``onnx`` package is needed (imported when a model is read); ONNX
+Convolutions in the file compute in NCHW; images in and 4-D maps out are NHWC, as
+everywhere in rfjax (each value's channel axis is tracked through transposes, so
+tf2onnx's NHWC files work too). Only the ``onnx`` package is needed (imported when a model is read); ONNX
 Runtime is the reference the tests compare against.
 """
 
@@ -52,7 +53,9 @@ def from_onnx(
         attribute or opset, a dynamic size without ``input_shape``, several inputs.
     """
     graph = read(path_or_model, input_name)
-    return OnnxModel(graph, outputs, _input_shape(graph.input_dims, input_shape, graph.source, graph.input))
+    dims = graph.input_dims
+    nchw = (dims[0], dims[3], dims[1], dims[2]) if graph.channels_last else dims
+    return OnnxModel(graph, outputs, _input_shape(nchw, input_shape, graph.source, graph.input))
 
 
 def _input_shape(dims: tuple, given: Sequence[int] | None, source: str, name: str) -> tuple[int, int, int]:

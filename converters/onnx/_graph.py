@@ -20,6 +20,45 @@ from rfjax.errors import RFError
 
 # the Shape and Size of a tensor are static even when the tensor is not
 _SHAPE_OPS = frozenset({"Shape", "Size"})
+# ops whose image output has its channels on axis 1 (ONNX's layout for them)
+_CHANNELS_FIRST = frozenset(
+    {"Conv", "ConvTranspose", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool"}
+    | {"BatchNormalization", "InstanceNormalization"}
+)
+# ops whose output keeps the layout of their first image input
+_KEEPS_LAYOUT = frozenset(
+    {
+        "Relu",
+        "LeakyRelu",
+        "Sigmoid",
+        "HardSigmoid",
+        "HardSwish",
+        "Tanh",
+        "Erf",
+        "Elu",
+        "Selu",
+        "Softplus",
+        "Mish",
+    }
+    | {
+        "Gelu",
+        "Clip",
+        "PRelu",
+        "Sqrt",
+        "Exp",
+        "Log",
+        "Abs",
+        "Neg",
+        "Reciprocal",
+        "Add",
+        "Sub",
+        "Mul",
+        "Div",
+        "Pow",
+    }
+    | {"Sum", "Max", "Min", "Mean", "Where", "Identity", "Dropout", "Cast", "Concat", "Split", "Slice", "Pad"}
+    | {"Resize", "LayerNormalization", "Softmax", "LogSoftmax"}
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,7 +81,11 @@ class Graph:
       source: how messages name the model (the file path, or "the ModelProto").
       nodes: in the file's (topological) order.
       input: the image input's value name; ``input_dims``: its dims in the file
-        (``None`` for dynamic ones), ``(N, C, H, W)``.
+        (``None`` for dynamic ones), ``(N, C, H, W)``, or ``(N, H, W, C)`` when
+        ``channels_last`` (tf2onnx's files take NHWC images and transpose inside).
+      channel_axis: for every image value, the axis holding its channels (``None``
+        where no op says, after a reshape or a dense layer); 4-D values are returned
+        with that axis last.
       outputs: the graph's output value names.
       params: float initializers, ``{value name: float32 array}``.
       consts: static values, ``{value name: numpy array}``.
@@ -55,6 +98,8 @@ class Graph:
     nodes: tuple[Node, ...]
     input: str
     input_dims: tuple[int | None, ...]
+    channels_last: bool
+    channel_axis: dict[str, int | None]
     outputs: tuple[str, ...]
     params: dict[str, np.ndarray]
     consts: dict[str, np.ndarray]
@@ -94,6 +139,8 @@ def read(model: Any, input_name: str | None = None) -> Graph:
         nodes=nodes,
         input=name,
         input_dims=dims,
+        channels_last=_channels_last(dims),
+        channel_axis=_channel_axes(nodes, name, 3 if _channels_last(dims) else 1),
         outputs=tuple(o.name for o in g.output),
         params=params,
         consts=consts,
@@ -150,6 +197,32 @@ def _dynamic(nodes: tuple[Node, ...], image: str) -> frozenset[str]:
         if n.op_type not in _SHAPE_OPS and any(i in dyn for i in n.inputs if i):
             dyn.update(o for o in n.outputs if o)
     return frozenset(dyn)
+
+
+def _channels_last(dims: tuple[int | None, ...]) -> bool:
+    """An NHWC image input: a small last dim (1 to 4 channels) and no small dim 1."""
+    small = lambda d: d is not None and d <= 4
+    return small(dims[3]) and not small(dims[1])
+
+
+def _channel_axes(nodes: tuple[Node, ...], image: str, axis: int) -> dict[str, int | None]:
+    """The channel axis of every image value, propagated from the input through the
+    ops that fix it (convolutions: 1), move it (Transpose) or keep it."""
+    axes: dict[str, int | None] = {image: axis}
+    for n in nodes:
+        known = [axes[i] for i in n.inputs if i in axes]
+        if not known:
+            continue
+        if n.op_type in _CHANNELS_FIRST:
+            out = 1
+        elif n.op_type == "Transpose" and known[0] is not None and n.attrs.get("perm"):
+            out = list(n.attrs["perm"]).index(known[0])
+        elif n.op_type in _KEEPS_LAYOUT:
+            out = next((a for a in known if a is not None), None)
+        else:
+            out = None
+        axes.update((o, out) for o in n.outputs if o)
+    return axes
 
 
 def label(model: Any) -> str:

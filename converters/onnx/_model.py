@@ -108,7 +108,8 @@ class OnnxModel(ConvertedModel):
         """Run on an NHWC batch ``(N, H, W, C)``; returns ``{name: array}`` for
         :attr:`output_names` (4-D maps NHWC). Pure and jit-able."""
         env = self._run(params, jnp.asarray(x, jnp.float32), self._plan)
-        return {n: _to_nhwc(env[self._value(n)]) for n in self.output_names}
+        axes = self._graph.channel_axis
+        return {n: _to_nhwc(env[self._value(n)], axes.get(self._value(n))) for n in self.output_names}
 
     def with_outputs(self, outputs: str | Sequence[str]) -> OnnxModel:
         return self._copy(outputs=outputs)
@@ -160,8 +161,12 @@ class OnnxModel(ConvertedModel):
         out = {}
         for name in self.layer_names:
             s = shapes.get(self._value(name))
+            if s is not None and len(s) == 4:
+                c = self._graph.channel_axis.get(self._value(name))
+                c = 1 if c is None else c
+                s = (*s[:c], *s[c + 1 :], s[c])
             if s is not None:
-                out[name] = (s[0], s[2], s[3], s[1]) if len(s) == 4 else s
+                out[name] = s
         return out
 
     def __repr__(self) -> str:
@@ -175,9 +180,9 @@ class OnnxModel(ConvertedModel):
     def _run(self, params: Any, x: jax.Array, plan: Sequence[Node], supports: bool = True) -> dict[str, Any]:
         """Every value the plan computes, from an NHWC image."""
         if x.ndim == 4:
-            x = jnp.transpose(x, (0, 3, 1, 2))
+            x = x if self._graph.channels_last else jnp.transpose(x, (0, 3, 1, 2))
             if self._one:
-                x = jnp.mean(x, axis=1, keepdims=True)
+                x = jnp.mean(x, axis=self._graph.channel_axis[self._graph.input], keepdims=True)
         env: dict[str, Any] = {**self._graph.consts, **params, self._graph.input: x}
         for node in plan:
             op, n_used = self._specs[node.name]
@@ -214,7 +219,12 @@ class OnnxModel(ConvertedModel):
 
     # ------------------------------------------------------------------ helpers
     def _copy(self, **changes: Any) -> OnnxModel:
-        kw = {"outputs": self.output_names, "rf": self._rf, "one_channel": self._one, "hold": self._hold} | changes
+        kw = {
+            "outputs": self.output_names,
+            "rf": self._rf,
+            "one_channel": self._one,
+            "hold": self._hold,
+        } | changes
         outputs = kw.pop("outputs")
         return OnnxModel(self._graph, outputs, self.input_shape, **kw)
 
@@ -293,10 +303,11 @@ def _spreads(node: Node, args: list) -> bool:
     return kernel is None or int(np.prod(kernel)) > 1
 
 
-def _to_nhwc(y: Any) -> Any:
+def _to_nhwc(y: Any, channel_axis: int | None) -> Any:
+    """A 4-D value with its channel axis last (axis 1 when unknown, ONNX's layout)."""
     y = jnp.asarray(y)
     y = y.astype(jnp.float32) if jnp.issubdtype(y.dtype, jnp.floating) else y
-    return jnp.transpose(y, (0, 2, 3, 1)) if y.ndim == 4 else y
+    return jnp.moveaxis(y, 1 if channel_axis is None else channel_axis, -1) if y.ndim == 4 else y
 
 
 def _device_params(graph: Graph) -> dict[str, jax.Array]:

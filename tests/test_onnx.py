@@ -16,15 +16,16 @@ X = (
 )  # odd sizes: padding rules show
 
 
-def _parity(proto, x=X, outputs=None, input_shape=None):
-    """Every requested output of the converted model equals ONNX Runtime's."""
+def _parity(proto, x=X, outputs=None, input_shape=None, channels_last=False):
+    """Every requested output of the converted model equals ONNX Runtime's (``x`` in the
+    file's layout; a channels-last file's outputs are channels-last already)."""
     import onnx
 
     converted = converters.from_onnx(proto, outputs=outputs, input_shape=input_shape)
-    ours = converted(nhwc(x))
+    ours = converted(x if channels_last else nhwc(x))
     ref = runtime(onnx.load(proto) if isinstance(proto, str) else proto, x, converted.output_names)
     for name in converted.output_names:
-        assert_close(ours[name], nhwc(ref[name]), what=name)
+        assert_close(ours[name], ref[name] if channels_last else nhwc(ref[name]), what=name)
     return converted
 
 
@@ -688,3 +689,45 @@ def test_importing_rfjax_and_converters_does_not_import_onnx():
 
     code = "import sys, rfjax, converters, converters.onnx; assert not {'onnx', 'onnxruntime', 'torch'} & set(sys.modules)"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# --------------------------------------------------------------------------- Keras through tf2onnx
+
+
+def _keras_to_onnx(keras_model, path) -> str:
+    """tf2onnx's export of a Keras 3 model (its ``from_keras`` fails on Keras 3; a
+    ``tf.function`` of the model converts): NHWC input, transposes inside."""
+    import tensorflow as tf
+    import tf2onnx
+
+    spec = (tf.TensorSpec((1, *keras_model.input_shape[1:]), tf.float32, name="image"),)
+    proto, _ = tf2onnx.convert.from_function(
+        tf.function(lambda x: keras_model(x)), input_signature=spec, opset=17
+    )
+    return _save(proto, path)
+
+
+def test_keras_model_through_tf2onnx_matches_onnxruntime_and_the_native_rf(tmp_path):
+    import keras
+
+    import rfjax
+
+    L = keras.layers
+    x = keras.Input((40, 40, 3))
+    a = L.Conv2D(8, 5, strides=2, padding="same")(x)
+    a = L.ReLU(6.0)(L.BatchNormalization()(a))
+    b = L.DepthwiseConv2D(3, padding="same")(a)
+    c = L.Add()([a, L.Conv2D(8, 1)(b)])
+    c = L.MaxPooling2D(3, strides=2, padding="same")(c)
+    y = L.Conv2D(4, 3, dilation_rate=2, name="features")(c)
+    k = keras.Model(x, y)
+    path = _keras_to_onnx(k, tmp_path / "keras.onnx")
+    image = np.random.default_rng(4).standard_normal((1, 40, 40, 3)).astype(np.float32)
+    converted = _parity(path, image, channels_last=True)
+    assert converted.input_shape == (40, 40, 3)
+    ours = converters.from_onnx(path)(np.ones((1, 40, 40, 3), np.float32))
+    native = converters.from_keras(k)(np.ones((1, 40, 40, 3), np.float32))
+    assert_close(next(iter(ours.values())), native["features"], rel=1e-4, what="keras vs onnx")
+    (onnx_rf,) = rfjax.receptive_field(path).values()
+    keras_rf = rfjax.receptive_field(k, layer="features")
+    assert (onnx_rf.size, onnx_rf.stride, onnx_rf.offset) == (keras_rf.size, keras_rf.stride, keras_rf.offset)

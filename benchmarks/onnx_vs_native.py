@@ -99,10 +99,10 @@ def main(argv: list[str] | None = None) -> None:
             steady[name] += _time(lambda m=m: maps(m), 1)
     a, b = np.asarray(maps(native)), np.asarray(maps(exported))
     err = float(np.abs(a - b).max() / np.abs(a).max())
-    for name in steady:
+    for name, times in steady.items():
         print(
-            f"gradient maps {name}: first {first[name]:.2f} s, steady median {statistics.median(steady[name]):.3f} s "
-            f"(min {min(steady[name]):.3f})"
+            f"gradient maps {name}: first {first[name]:.2f} s, steady median {statistics.median(times):.3f} s "
+            f"(min {min(times):.3f})"
         )
     ratio = statistics.median(steady["onnx"]) / statistics.median(steady["native"])
     print(f"onnx / native: {ratio:.2f}; maps {a.shape}, max relative difference {err:.1e}")

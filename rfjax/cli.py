@@ -70,8 +70,12 @@ def _shape(text: str) -> tuple[int, int, int]:
 
 
 def _load_model(spec: str, input_shape: tuple[int, int, int] | None):
-    """A ``.keras``/``.h5`` file, or a ``keras.applications`` name (built offline,
-    ``weights=None``, ``include_top=False``)."""
+    """A ``.keras``/``.h5``/``.onnx`` file, or a ``keras.applications`` name (built
+    offline, ``weights=None``, ``include_top=False``)."""
+    if spec.lower().endswith(".onnx"):
+        import converters
+
+        return converters.from_onnx(spec, input_shape=input_shape)
     if spec.endswith((".keras", ".h5")) or Path(spec).exists():
         import converters
 
@@ -249,7 +253,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=0, help="seed of the (irrelevant) initial weights")
     d.set_defaults(func=_demo)
 
-    model_help = "a .keras/.h5 file, or a keras.applications name such as VGG16 (built offline, weights=None)"
+    model_help = (
+        "a .keras/.h5/.onnx file, or a keras.applications name such as VGG16 (built offline, weights=None)"
+    )
     e = sub.add_parser(
         "estimate",
         help="RF of one layer of a Keras model, with figures",

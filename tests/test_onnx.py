@@ -731,3 +731,15 @@ def test_keras_model_through_tf2onnx_matches_onnxruntime_and_the_native_rf(tmp_p
     (onnx_rf,) = rfjax.receptive_field(path).values()
     keras_rf = rfjax.receptive_field(k, layer="features")
     assert (onnx_rf.size, onnx_rf.stride, onnx_rf.offset) == (keras_rf.size, keras_rf.stride, keras_rf.offset)
+
+
+def test_cli_estimate_reads_an_onnx_file(tmp_path, capsys):
+    from rfjax.analytic import analytic_rf
+    from rfjax.cli import main
+
+    proto, layers = _chain()
+    path = _save(proto, tmp_path / "chain.onnx")
+    assert main(["estimate", path, "--out", str(tmp_path / "figs")]) == 0
+    truth = analytic_rf(layers, (96, 96, 3))
+    assert f"size=({truth.size.h:g}, {truth.size.w:g})" in capsys.readouterr().out
+    assert (tmp_path / "figs" / "rf_grid.png").exists()

@@ -65,8 +65,3 @@ def normalised(ctx: Ctx, x: jax.Array, axes: tuple[int, ...]) -> jax.Array:
         return x
     m = jnp.mean(x, axis=axes, keepdims=True)
     return product(x, m)
-
-
-def spatial_axes(ctx: Ctx, ndim: int) -> tuple[int, ...]:
-    """Axes 2.. of an ``(N, C, ...)`` tensor."""
-    return tuple(range(2, ndim))

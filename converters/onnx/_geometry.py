@@ -49,16 +49,12 @@ def rf_bounds(graph: Graph, global_nodes: frozenset[str]) -> dict[str, Bound | N
         else:
             r_h, r_w = max(b[0] for b in local), max(b[1] for b in local)
             j_h, j_w = max(b[2] for b in local), max(b[3] for b in local)
+            bound = (r_h, r_w, j_h, j_w)
             if node.op_type in _WINDOWS:
                 try:
                     (kh, kw), (sh, sw), (dh, dw) = _window(graph, node)
-                except (KeyError, ValueError):  # a kernel computed in the graph, or not 2-D
-                    kh = None
-                if kh is None:
-                    bound = None
-                else:
                     bound = (r_h + dh * (kh - 1) * j_h, r_w + dw * (kw - 1) * j_w, j_h * sh, j_w * sw)
-            else:
-                bound = (r_h, r_w, j_h, j_w)
+                except (KeyError, ValueError):  # a kernel computed in the graph, or not 2-D
+                    bound = None
         out.update((o, bound) for o in node.outputs if o)
     return {k: (None if v is _GLOBAL else v) for k, v in out.items()}  # type: ignore[misc]

@@ -218,15 +218,23 @@ class OnnxModel(ConvertedModel):
             raise RFError(f"{where} could not be converted ({type(e).__name__}: {e}).") from e
 
     # ------------------------------------------------------------------ helpers
-    def _copy(self, **changes: Any) -> OnnxModel:
-        kw = {
-            "outputs": self.output_names,
-            "rf": self._rf,
-            "one_channel": self._one,
-            "hold": self._hold,
-        } | changes
-        outputs = kw.pop("outputs")
-        return OnnxModel(self._graph, outputs, self.input_shape, **kw)
+    def _copy(
+        self,
+        *,
+        outputs: str | Sequence[str] | None = None,
+        rf: bool | None = None,
+        one_channel: bool | None = None,
+        hold: frozenset[str] | None = None,
+    ) -> OnnxModel:
+        """This model with the given settings changed (the graph and its caches shared)."""
+        return OnnxModel(
+            self._graph,
+            self.output_names if outputs is None else outputs,
+            self.input_shape,  # type: ignore[arg-type]
+            rf=self._rf if rf is None else rf,
+            one_channel=self._one if one_channel is None else one_channel,
+            hold=self._hold if hold is None else hold,
+        )
 
     def _check_name(self, name: Any) -> str:
         return check_name(

@@ -743,3 +743,20 @@ def test_cli_estimate_reads_an_onnx_file(tmp_path, capsys):
     truth = analytic_rf(layers, (96, 96, 3))
     assert f"size=({truth.size.h:g}, {truth.size.w:g})" in capsys.readouterr().out
     assert (tmp_path / "figs" / "rf_grid.png").exists()
+
+
+def test_one_channel_copy_only_where_no_op_picks_channels():
+    crop = [
+        helper.make_node("Conv", ["x", "w"], ["c"]),
+        helper.make_node("Slice", ["c", "st", "en", "ax"], ["y"]),
+    ]
+    inits = {"w": W3, "st": np.array([1], np.int64), "en": np.array([-1], np.int64)}
+    spatial = model(crop, {"x": (1, 3, 11, 13)}, ["y"], inits | {"ax": np.array([2], np.int64)})
+    channels = model(crop, {"x": (1, 3, 11, 13)}, ["y"], inits | {"ax": np.array([1], np.int64)})
+    assert converters.from_onnx(spatial).has_one_channel
+    assert not converters.from_onnx(channels).has_one_channel
+
+
+def test_split_into_equal_parts_counts_unused_outputs():
+    node = helper.make_node("Split", ["x"], ["a", "b", "c"], axis=3, num_outputs=3)
+    _parity(model([node], {"x": (1, 3, 11, 13)}, ["a"], opset=18))

@@ -19,8 +19,22 @@ from rfjax._types import HW
 from rfjax.contract import ConvertedModel, RFBound
 from rfjax.errors import RFError
 
-# ops whose channel axis picks channels: the one-channel copy would merge what they separate
+# ops that can pick channels: the one-channel copy would merge what they separate
 _CHANNEL_PICKS = ("Slice", "Split", "Gather")
+
+
+def picks_channels(graph: Graph, node: Node) -> bool:
+    """Whether ``node`` selects along the channel axis of an image value (or may: the
+    axis or the sliced axes are unknown). Image values are taken to be 4-D."""
+    c = graph.channel_axis.get(node.inputs[0])
+    if c is None:
+        return True
+    if node.op_type != "Slice":
+        return int(node.attrs.get("axis", 0)) % 4 == c
+    starts = graph.consts.get(node.inputs[1])
+    axes_name = node.inputs[3] if len(node.inputs) > 3 else ""
+    axes = graph.consts.get(axes_name) if axes_name else (None if starts is None else range(np.size(starts)))
+    return axes is None or c in {int(a) % 4 for a in np.asarray(list(axes)).reshape(-1)}
 
 
 def check(graph: Graph) -> dict[str, tuple[OpSpec, int]]:
@@ -206,7 +220,17 @@ class OnnxModel(ConvertedModel):
     def _ctx(self, node: Node, op: OpSpec, n_used: int) -> Ctx:
         dyn = tuple(i in self._graph.dynamic for i in node.inputs)
         held = node.name in self._hold and op.reduces is not None
-        return Ctx(node.name, node.attrs, self._rf, self._one, held, dyn, self._graph.opset, n_used)
+        return Ctx(
+            node.name,
+            node.attrs,
+            self._rf,
+            self._one,
+            held,
+            dyn,
+            self._graph.opset,
+            n_used,
+            len(node.outputs),
+        )
 
     def _call(self, node: Node, op: OpSpec, ctx: Ctx, args: list) -> Any:
         where = f"node {node.name!r} ({node.op_type}) of {self._graph.source}"
@@ -293,7 +317,8 @@ class OnnxModel(ConvertedModel):
 
     def _one_channel_ok(self) -> bool:
         for node in self._graph.nodes:
-            if node.op_type in _CHANNEL_PICKS and node.inputs[0] in self._graph.dynamic:
+            dynamic = node.op_type in _CHANNEL_PICKS and node.inputs[0] in self._graph.dynamic
+            if dynamic and picks_channels(self._graph, node):
                 return False
         try:
             self._shapes(*self.input_shape[:2], one_channel=True)

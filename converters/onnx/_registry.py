@@ -40,6 +40,7 @@ class Ctx:
       dynamic: per input, whether it depends on the image.
       opset: the model's default-domain opset version.
       n_outputs: how many of the node's outputs the graph uses (by position, the last used one's index + 1).
+      declared: how many outputs the node declares (a ``Split``'s part count).
     """
 
     name: str
@@ -50,6 +51,7 @@ class Ctx:
     dynamic: tuple[bool, ...] = ()
     opset: int = 0
     n_outputs: int = 1
+    declared: int = 1
 
     def attr(self, key: str, default: Any = None) -> Any:
         return self.attrs.get(key, default)

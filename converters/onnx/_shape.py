@@ -93,7 +93,7 @@ def split(ctx: Ctx, x: Any, sizes: Any = None) -> tuple:
     sizes = ctx.attr("split") if sizes is None else sizes
     n = np.shape(x)[axis]
     if sizes is None:
-        parts = int(ctx.attr("num_outputs", ctx.n_outputs))
+        parts = int(ctx.attr("num_outputs", ctx.declared))
         step = -(-n // parts)
         sizes = [min(step, n - i * step) for i in range(parts)]
     cuts = np.cumsum(ints(sizes))[:-1]

@@ -16,6 +16,9 @@ walk; ``model.prepared()`` is the exact layer-level RF preparation (linear
 activations, average pooling, identity normalisation, constant positive kernels,
 zero biases). ``channels_first`` models are converted to NHWC at the boundaries.
 TensorFlow and Keras are imported only when a model is converted.
+
+:func:`from_onnx` (the :mod:`converters.onnx` package, loaded on first use) reads ONNX
+files into the same kind of object; the ``onnx`` package is imported only then.
 """
 
 from __future__ import annotations

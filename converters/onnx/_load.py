@@ -14,7 +14,10 @@ MIN_OPSET = 11
 def load(model: Any) -> tuple[Any, str]:
     """``(ModelProto, source label)`` for a path or a ``ModelProto``; external data
     is read from the path's folder (a ModelProto's must already be loaded)."""
-    import onnx
+    try:
+        import onnx
+    except ImportError as e:
+        raise RFError("reading ONNX models needs the onnx package: pip install 'rfjax[onnx]'.") from e
     from google.protobuf.message import DecodeError
     from onnx import external_data_helper
 

@@ -16,6 +16,9 @@ walk; ``model.prepared()`` is the exact layer-level RF preparation (linear
 activations, average pooling, identity normalisation, constant positive kernels,
 zero biases). ``channels_first`` models are converted to NHWC at the boundaries.
 TensorFlow and Keras are imported only when a model is converted.
+
+:func:`from_onnx` (the :mod:`converters.onnx` package, loaded on first use) reads ONNX
+files into the same kind of object; the ``onnx`` package is imported only then.
 """
 
 from __future__ import annotations
@@ -80,11 +83,22 @@ def load_keras(path: str | os.PathLike, safe_mode: bool = True) -> Any:
     return load(path, safe_mode)
 
 
+def __getattr__(name: str) -> Any:
+    """``from_onnx`` and ``OnnxModel`` from :mod:`converters.onnx`, imported on first use."""
+    if name in ("from_onnx", "OnnxModel"):
+        from converters import onnx as _onnx
+
+        return getattr(_onnx, name)
+    raise AttributeError(f"module 'converters' has no attribute {name!r}")
+
+
 __all__ = [
     "KerasModel",
+    "OnnxModel",
     "RFError",
     "TFModel",
     "from_keras",
+    "from_onnx",
     "from_tf",
     "keras_cam_layers",
     "load_keras",

@@ -13,6 +13,7 @@ from converters import _collapse
 from converters._geometry import rf_bounds
 from converters._graph import Graph, Ref, map_refs, refs_in
 from converters._registry import check_name, lookup, supported_layers
+from converters._support import support_only as _support_only
 from rfjax._types import HW
 from rfjax.contract import ConvertedModel, RFBound
 from rfjax.errors import RFError
@@ -350,29 +351,6 @@ def _spreads(class_name: str, config: dict) -> bool:
         return False
     window = config.get("kernel_size", config.get("pool_size"))
     return window is None or np.prod(np.atleast_1d(window)) > 1
-
-
-@jax.custom_vjp
-def _support_only(y: jax.Array) -> jax.Array:
-    """Identity whose backward pass keeps only the support of the cotangent (1 where it
-    is non-zero). The one-channel RF copy applies it after the layers that spread a
-    gradient to neighbouring pixels (:func:`_spreads`: convolutions, pooling and resizing
-    with windows larger than 1; the others are identities or means there): its fit reads
-    supports only, and with true magnitudes the fringe of a deep network's RF falls
-    below float32's range (a 3x3 layer scales the centre by 3 and the edge by 1/3, so
-    InceptionResNetV2's edges reached 1e-45 and were flushed to zero)."""
-    return y
-
-
-def _support_fwd(y: jax.Array):
-    return y, None
-
-
-def _support_bwd(_, g: jax.Array):
-    return ((g != 0).astype(g.dtype),)
-
-
-_support_only.defvjp(_support_fwd, _support_bwd)
 
 
 def _value(env: dict[str, list], v: Any) -> Any:

@@ -73,8 +73,12 @@ def _shape(text: str) -> tuple[int, int, int]:
 
 
 def _load_model(spec: str, input_shape: tuple[int, int, int] | None):
-    """A ``.keras``/``.h5`` file, or a ``keras.applications`` name (built offline,
-    ``weights=None``, ``include_top=False``)."""
+    """A ``.keras``/``.h5``/``.onnx`` file, or a ``keras.applications`` name (built
+    offline, ``weights=None``, ``include_top=False``)."""
+    if spec.lower().endswith(".onnx"):
+        import converters
+
+        return converters.from_onnx(spec, input_shape=input_shape)
     if spec.endswith((".keras", ".h5")) or Path(spec).exists():
         import converters
 
@@ -237,7 +241,7 @@ def _one(result: Any, name: Any = None) -> Any:
     return result[name] if isinstance(result, dict) else result
 
 
-_MODEL_HELP = "a .keras/.h5 file, or a keras.applications name such as VGG16 (built offline, weights=None)"
+_MODEL_HELP = "a .keras/.h5/.onnx file, or a keras.applications name such as VGG16 (built offline, weights=None)"
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -67,7 +67,9 @@ def conv(ctx: Ctx, x: Any, w: Any, b: Any = None) -> Any:
         b = None
     if x.ndim == 4:
         x = jnp.pad(x, ((0, 0), (0, 0), *pads)) if any(p != (0, 0) for p in pads) else x
-        y = fast_conv(x, jnp.transpose(w, (2, 3, 1, 0)), strides, "VALID", dil, groups, channels_first=True)
+        x = jnp.transpose(x, (0, 2, 3, 1))  # NHWC, where the fast forms and XLA:CPU's convolution are fastest
+        y = fast_conv(x, jnp.transpose(w, (2, 3, 1, 0)), strides, "VALID", dil, groups)
+        y = jnp.transpose(y, (0, 3, 1, 2))
     else:
         y = lax.conv_general_dilated(x, w, strides, pads, rhs_dilation=dil, feature_group_count=groups)
     return y if b is None else y + jnp.reshape(b, (1, -1) + (1,) * (y.ndim - 2))

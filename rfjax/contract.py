@@ -167,13 +167,13 @@ def _keras_converter() -> Converter:
 def _torch_converter() -> Converter:
     import converters
 
-    return lambda m, shape: converters.from_torch(m, input_shape=shape)  # type: ignore[attr-defined]
+    return lambda m, shape: converters.from_torch(m, input_shape=shape)
 
 
 def _onnx_converter() -> Converter:
-    import converters
+    from converters import onnx as onnx_adapter
 
-    return lambda m, shape: converters.from_onnx(m, input_shape=shape)  # type: ignore[attr-defined]
+    return lambda m, shape: onnx_adapter.from_onnx(m, input_shape=shape)
 
 
 def _keras_file(model: Any) -> bool:

@@ -9,6 +9,8 @@ concatenation. Global nodes are left out of merges; ops of unknown geometry
 
 from __future__ import annotations
 
+from typing import Any
+
 from converters.onnx._graph import Graph
 
 Bound = tuple[int, int, int, int]  # (size_h, size_w, stride_h, stride_w)
@@ -47,8 +49,9 @@ def rf_bounds(graph: Graph, global_nodes: frozenset[str]) -> dict[str, Bound | N
         ):
             bound = None
         else:
-            r_h, r_w = max(b[0] for b in local), max(b[1] for b in local)
-            j_h, j_w = max(b[2] for b in local), max(b[3] for b in local)
+            local_bounds: list[Any] = local
+            r_h, r_w = max(b[0] for b in local_bounds), max(b[1] for b in local_bounds)
+            j_h, j_w = max(b[2] for b in local_bounds), max(b[3] for b in local_bounds)
             bound = (r_h, r_w, j_h, j_w)
             if node.op_type in _WINDOWS:
                 try:

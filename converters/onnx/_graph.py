@@ -213,6 +213,7 @@ def _channel_axes(nodes: tuple[Node, ...], image: str, axis: int) -> dict[str, i
         known = [axes[i] for i in n.inputs if i in axes]
         if not known:
             continue
+        out: int | None
         if n.op_type in _CHANNELS_FIRST:
             out = 1
         elif n.op_type == "Transpose" and known[0] is not None and n.attrs.get("perm"):

@@ -290,15 +290,16 @@ class OnnxModel(ConvertedModel):
         return self._graph.cache[key]
 
     def _find_global_nodes(self) -> frozenset[str]:
-        h, w, _ = self.input_shape
-        small = large = None
+        h, w = int(self.input_shape[0] or 0), int(self.input_shape[1] or 0)
+        small: dict[str, tuple[int, ...]] | None = None
+        large: dict[str, tuple[int, ...]] | None = None
         for one in dict.fromkeys((self.has_one_channel, False)):
             try:
                 small, large = self._shapes(h, w, one), self._shapes(2 * h, 2 * w, one)
                 break
             except Exception:  # noqa: BLE001, S112 - a fixed-size model has no second size
                 continue
-        if small is None:
+        if small is None or large is None:
             return frozenset()
         found = set()
         for node in self._graph.nodes:
@@ -321,7 +322,7 @@ class OnnxModel(ConvertedModel):
             if dynamic and picks_channels(self._graph, node):
                 return False
         try:
-            self._shapes(*self.input_shape[:2], one_channel=True)
+            self._shapes(int(self.input_shape[0] or 0), int(self.input_shape[1] or 0), one_channel=True)
         except RFError:
             return False
         return True

@@ -9,6 +9,7 @@ constant) average their input features into every output.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -25,7 +26,7 @@ from rfjax.errors import RFError
 _CONV_ATTRS = ("auto_pad", "dilations", "group", "kernel_shape", "pads", "strides")
 
 
-def _geometry(ctx: Ctx, spatial: tuple[int, ...], kernel: tuple[int, ...]) -> tuple[list, list, list]:
+def _geometry(ctx: Ctx, spatial: tuple[int, ...], kernel: Sequence[int]) -> tuple[list, list, list]:
     """``(strides, dilations, [(before, after)] pads)`` per spatial axis, ``auto_pad`` resolved."""
     n = len(spatial)
     strides = list(ctx.attr("strides") or [1] * n)

@@ -7,6 +7,7 @@ input) and applied with a contraction: an exact linear op, the same in the RF co
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import jax.numpy as jnp
@@ -17,7 +18,7 @@ from converters.onnx._registry import Ctx, register
 from rfjax.errors import RFError
 
 _MODES = ("half_pixel", "asymmetric", "pytorch_half_pixel", "align_corners", "tf_half_pixel_for_nn")
-_ROUNDING = {
+_ROUNDING: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "round_prefer_floor": lambda v: np.ceil(v - 0.5),
     "round_prefer_ceil": lambda v: np.floor(v + 0.5),
     "floor": np.floor,
@@ -28,16 +29,16 @@ _ROUNDING = {
 def _source(mode: str, out: int, size: int, scale: float) -> np.ndarray:
     """The input coordinate of every output pixel along one axis, in float32 as ONNX
     Runtime computes it (a float64 coordinate can land on the other side of .5)."""
-    x, scale = np.arange(out, dtype=np.float32), np.float32(scale)
+    x, scale32 = np.arange(out, dtype=np.float32), np.float32(scale)
     if mode == "half_pixel":
-        return (x + 0.5) / scale - 0.5
+        return (x + 0.5) / scale32 - 0.5
     if mode == "pytorch_half_pixel":
-        return (x + 0.5) / scale - 0.5 if out > 1 else np.zeros(out, np.float32)
+        return (x + 0.5) / scale32 - 0.5 if out > 1 else np.zeros(out, np.float32)
     if mode == "align_corners":
         return x * np.float32(size - 1) / np.float32(out - 1) if out > 1 else np.zeros(out, np.float32)
     if mode == "tf_half_pixel_for_nn":
-        return (x + 0.5) / scale
-    return x / scale
+        return (x + 0.5) / scale32
+    return x / scale32
 
 
 def matrix(ctx: Ctx, out: int, size: int, scale: float) -> np.ndarray:

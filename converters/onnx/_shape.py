@@ -117,19 +117,19 @@ def pad(ctx: Ctx, x: Any, pads: Any, value: Any = None, axes: Any = None) -> Any
     nd = np.ndim(x)
     axes = list(range(nd)) if axes is None else [a % nd for a in ints(axes)]
     flat = ints(pads)
-    widths = [[0, 0] for _ in range(nd)]
+    widths: list[list[int]] = [[0, 0] for _ in range(nd)]
     for i, a in enumerate(axes):
         widths[a] = [flat[i], flat[i + len(axes)]]
     crop = tuple(slice(max(-b, 0), np.shape(x)[a] - max(-e, 0)) for a, (b, e) in enumerate(widths))
     x = x[crop]
-    widths = [(max(b, 0), max(e, 0)) for b, e in widths]
+    pad_widths = [(max(b, 0), max(e, 0)) for b, e in widths]
     mode = ctx.attr("mode", "constant")
     if mode not in ("constant", "reflect", "edge", "wrap"):
         raise RFError(f"mode={mode!r} is not one of constant, reflect, edge, wrap.")
     if mode != "constant":
-        return xp(x).pad(x, widths, mode=mode)
+        return xp(x).pad(x, pad_widths, mode=mode)
     fill = 0 if value is None or np.size(value) == 0 else np.asarray(value).reshape(-1)[0]
-    return xp(x).pad(x, widths, mode="constant", constant_values=fill)
+    return xp(x).pad(x, pad_widths, mode="constant", constant_values=fill)
 
 
 def _one_channel_target(target: list[int], size: int) -> list[int]:
@@ -201,4 +201,5 @@ def tile(ctx: Ctx, x: Any, repeats: Any) -> Any:
 
 @register("Range", static=(0, 1, 2))
 def range_(ctx: Ctx, start: Any, limit: Any, delta: Any) -> np.ndarray:
-    return np.arange(np.asarray(start), np.asarray(limit), np.asarray(delta)).astype(np.asarray(start).dtype)
+    first, last, step = (np.asarray(v).item() for v in (start, limit, delta))
+    return np.arange(first, last, step).astype(np.asarray(start).dtype)

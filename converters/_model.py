@@ -16,6 +16,7 @@ from converters._registry import check_name, lookup, supported_layers
 from rfjax._types import HW
 from rfjax.contract import ConvertedModel, RFBound
 from rfjax.errors import RFError
+from rfjax.prepare import support_only
 
 
 def _build(
@@ -155,7 +156,7 @@ class KerasModel(ConvertedModel):
             if node.name in self._hold:
                 out = jax.tree.map(jax.lax.stop_gradient, out)
             elif supports and node.layer in self._support_layers:
-                out = jax.tree.map(_support_only, out)
+                out = jax.tree.map(support_only, out)
             env[node.name] = [out] if node.n_outputs == 1 else list(out)
         return env
 
@@ -348,27 +349,6 @@ def _spreads(class_name: str, config: dict) -> bool:
         return False
     window = config.get("kernel_size", config.get("pool_size"))
     return window is None or np.prod(np.atleast_1d(window)) > 1
-
-
-@jax.custom_vjp
-def _support_only(y: jax.Array) -> jax.Array:
-    """Identity whose backward pass keeps only the support of the cotangent (1 where it
-    is non-zero). The one-channel RF copy applies it after every layer: its fit reads
-    supports only, and with true magnitudes the fringe of a deep network's RF falls
-    below float32's range (a 3x3 layer scales the centre by 3 and the edge by 1/3, so
-    InceptionResNetV2's edges reached 1e-45 and were flushed to zero)."""
-    return y
-
-
-def _support_fwd(y: jax.Array):
-    return y, None
-
-
-def _support_bwd(_, g: jax.Array):
-    return ((g != 0).astype(g.dtype),)
-
-
-_support_only.defvjp(_support_fwd, _support_bwd)
 
 
 def _value(env: dict[str, list], v: Any) -> Any:

@@ -117,7 +117,16 @@ _RULES: dict[str, Callable] = {
     "reduce_min": _mean_axes,
     "clamp": _clamp,
 }
-_INLINE = ("jit", "pjit", "closed_call", "core_call", "custom_jvp_call", "custom_vjp_call", "checkpoint", "remat")
+_INLINE = (
+    "jit",
+    "pjit",
+    "closed_call",
+    "core_call",
+    "custom_jvp_call",
+    "custom_vjp_call",
+    "checkpoint",
+    "remat",
+)
 
 
 def _is_float(eqn) -> bool:
@@ -176,6 +185,27 @@ def linearize(fn: Callable) -> Callable:
         return jax.tree_util.tree_unflatten(out_tree, _eval(closed.jaxpr, closed.consts, *flat))
 
     return wrapped
+
+
+@jax.custom_vjp
+def support_only(y: jax.Array) -> jax.Array:
+    """Identity whose backward pass keeps only the support of the cotangent (1 where it
+    is non-zero). The one-channel RF copies apply it after every layer that spreads: its fit reads
+    supports only, and with true magnitudes the fringe of a deep network's RF falls
+    below float32's range (a 3x3 layer scales the centre by 3 and the edge by 1/3, so
+    InceptionResNetV2's edges reached 1e-45 and were flushed to zero)."""
+    return y
+
+
+def _support_fwd(y: jax.Array):
+    return y, None
+
+
+def _support_bwd(_, g: jax.Array):
+    return ((g != 0).astype(g.dtype),)
+
+
+support_only.defvjp(_support_fwd, _support_bwd)
 
 
 def constant_input(shape: tuple[int, ...], value: float = 1.0) -> np.ndarray:

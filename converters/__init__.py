@@ -113,6 +113,19 @@ def from_torch(
     return _torch.from_torch(module, outputs, input_shape=input_shape)
 
 
+def torch_zoo(spec: str, input_shape: Sequence[int]) -> Any:
+    """Build ``"torchvision:<name>"`` or ``"timm:<name>"`` offline (random weights, no
+    download) and convert it with its final feature map as the output (``layer4`` of a
+    ResNet, ``features`` of a MobileNet, ...); see :func:`from_torch`."""
+    try:
+        from converters._torch import _zoo
+    except ImportError as e:
+        raise RFError(
+            f'building {spec!r} needs torch, torchvision, timm and torchax ({e}); install them with pip install "rfjax[torch]".'
+        ) from e
+    return _zoo.build(spec, tuple(int(v) for v in input_shape))
+
+
 __all__ = [
     "KerasModel",
     "RFError",
@@ -122,4 +135,5 @@ __all__ = [
     "from_torch",
     "register",
     "supported_layers",
+    "torch_zoo",
 ]

@@ -76,6 +76,18 @@ def _float_map(a) -> bool:
     return isinstance(a, torch.Tensor) and a.ndim > 0 and a.is_floating_point()
 
 
+def _one_scale(a: torch.Tensor) -> torch.Tensor:
+    """A per-channel scale ``(C, 1, 1)`` or ``(1, C, 1, 1)`` as one channel (its mean)."""
+    if (
+        a.ndim in (3, 4)
+        and a.shape[-3] > 1
+        and tuple(a.shape[-2:]) == (1, 1)
+        and (a.ndim == 3 or a.shape[0] == 1)
+    ):
+        return a.mean(-3, keepdim=True)
+    return a
+
+
 def _held_ratio(b: jax.Array) -> jax.Array:
     return b / jax.lax.stop_gradient(b)
 
@@ -103,7 +115,8 @@ class RFMode(TorchFunctionMode):
         if func is F.adaptive_max_pool2d and not kwargs.get("return_indices", False):
             return self.__torch_function__(F.adaptive_avg_pool2d, types, args[:2], {})
         if func in _PRODUCTS and len(args) == 2 and all(_float_map(a) for a in args):
-            return func(args[0], call_jax(_held_ratio, args[1]))
+            a, b = (_one_scale(v) for v in args) if self.one_channel else args
+            return func(a, call_jax(_held_ratio, b))
         if self.one_channel:
             return self._one_channel(func, args, kwargs)
         return func(*args, **kwargs)

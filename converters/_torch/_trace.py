@@ -128,8 +128,8 @@ def _translate(e: Exception, where: str) -> RFError:
         )
     if isinstance(e, jax.errors.ConcretizationTypeError):
         return RFError(
-            f"Python control flow depends on tensor values ({where}): rfjax traces one JAX program per input "
-            "shape; compute the branch from shapes or module attributes instead."
+            f"the forward needs concrete tensor values ({where}): Python control flow or a shape that depends "
+            "on tensor values cannot be traced to one JAX program; branch on shapes or module attributes instead."
         )
     first = next((line.strip() for line in str(e).splitlines() if line.strip()), "")
     return RFError(f"the module could not be traced to JAX ({where}; {version}): {type(e).__name__}: {first}")

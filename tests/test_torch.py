@@ -137,7 +137,7 @@ _HEAVY_TIMM = ["resnet50d", "cspdarknet53", "ghostnet_100", "hrnet_w18_small", "
 
 def _parity(source: str, name: str) -> None:
     module = _build(source, name)
-    size = {"inception_v3": 75, "hrnet_w18_small": 64}.get(name, 32)
+    size = {"inception_v3": 75, "hrnet_w18_small": 64, "alexnet": 64}.get(name, 32)
     converted = converters.from_torch(module, input_shape=(size, size, 3))
     names = [n for n, _ in module.named_children() if n in converted.layer_names] + ["output"]
     x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(1))
@@ -212,7 +212,8 @@ def test_rf_equals_pytorch_float64_autograd_ground_truth(name, layer, size):
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("name", "layer", "size"), [("resnet50", "layer4", 640), ("mobilenet_v2", "features", 736)]
+    ("name", "layer", "size"),
+    [("resnet50", "layer4", 640), ("mobilenet_v2", "features", 736), ("vgg16_bn", "features", 448)],
 )
 def test_deep_rf_equals_pytorch_float64_autograd_ground_truth(name, layer, size):
     module = _build("torchvision", name)
@@ -226,15 +227,24 @@ def test_closed_form_of_chain_configs_agrees_with_the_autograd_ground_truth():
     assert _chain_rf(module.features) == _torch_rf(module, "features", 320)[:2] == (207, 16)
 
 
-@pytest.mark.parametrize(("name", "size"), [("mobilenet_v3_small", 832)])
-def test_squeeze_excitation_model_is_flagged_global_with_its_local_rf(name, size):
-    module = _build("torchvision", name)
-    rf = rfjax.receptive_field(module, input_shape=(size, size, 3), layer="features")
+def test_squeeze_excitation_model_is_flagged_global_with_its_local_rf():
+    module = _build("torchvision", "mobilenet_v3_small")
+    rf = rfjax.receptive_field(module, input_shape=(224, 224, 3), layer="features", grow=True)
     assert rf.global_
     assert (rf.size.h, rf.size.w, rf.stride.h) == (
         *[_chain_rf(module.features)[0]] * 2,
         _chain_rf(module.features)[1],
     )
+
+
+def test_closed_form_bounds_from_the_traced_program():
+    chain = _build("torchvision", "mobilenet_v3_small")
+    bound = converters.from_torch(chain, input_shape=(64, 64, 3)).rf_bound("features")
+    assert (bound.size.h, bound.stride.h) == _chain_rf(chain.features)
+    inception = converters.from_torch(_build("torchvision", "inception_v3"), input_shape=(299, 299, 3))
+    bound = inception.rf_bound("Mixed_7c")
+    assert (bound.size, bound.stride) == ((1311, 1311), (32, 32))  # Araujo et al.'s published table
+    assert inception.rf_bound("fc") is None  # global
 
 
 def test_one_channel_copy_gives_the_full_channel_rf_and_falls_back_where_channels_are_selected():

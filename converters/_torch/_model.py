@@ -9,9 +9,10 @@ import jax
 import jax.numpy as jnp
 
 from converters._registry import check_name
-from converters._torch import _jaxpr, _params
+from converters._torch import _geometry, _jaxpr, _params
 from converters._torch._trace import Source, Traced
-from rfjax.contract import ConvertedModel
+from rfjax._types import HW
+from rfjax.contract import ConvertedModel, RFBound
 from rfjax.errors import RFError
 
 _MODES = ("plain", "rf", "one")
@@ -140,6 +141,23 @@ class TorchModel(ConvertedModel):
         return traced.jaxpr.jaxpr.outvars[traced.names.index(name)] in _jaxpr.downstream(
             traced.jaxpr.jaxpr, found
         )
+
+    def rf_bound(self, name: str) -> RFBound | None:
+        """RF size and stride of ``name`` along its local paths, in closed form from the
+        traced program (see :mod:`converters._torch._geometry`); ``None`` where unknown.
+        Used to pick an input large enough for a measurement in one step."""
+        name = self._check_name(name)
+        if None in self.input_shape:
+            return None
+        view = self.prepared(one_channel=True)
+        traced = view._traced((1, *self.input_shape))
+        if name not in traced.names:
+            return None
+        key = ("bounds", (1, *self.input_shape))
+        n_params = len(jax.tree_util.tree_leaves(view.params))
+        bounds = self._source.cache_get(key, lambda: _geometry.nhwc_bounds(traced.jaxpr.jaxpr, n_params))
+        bound = bounds[traced.names.index(name)]
+        return None if bound is None else RFBound(HW(bound[0], bound[1]), HW(bound[2], bound[3]))
 
     def spatial_shapes(self, input_shape: Sequence[int]) -> dict[str, tuple[int, ...]]:
         """The NHWC shape of every output for an ``(H, W, C)`` input, traced without

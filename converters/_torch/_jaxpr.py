@@ -70,14 +70,21 @@ def evaluate(
     return [read(v) for v in outvars]
 
 
-def global_values(small: jcore.ClosedJaxpr, large: jcore.ClosedJaxpr) -> frozenset:
+def global_values(small: Any, large: Any) -> frozenset:
     """The float values of ``small`` computed from an input-sized value whose shape is
     the same in ``large`` (the same program traced at a larger input): global pooling,
-    spatial means, dense layers over flattened maps. Empty when the two programs differ
-    in structure (the forward branches on the input size)."""
-    a, b = small.jaxpr, large.jaxpr
+    spatial means, dense layers over flattened maps. ``small`` and ``large`` are traces
+    (:class:`~converters._torch._trace.Traced`). Where the two programs differ in
+    structure (an op lowered differently at another size, such as adaptive pooling),
+    the named module outputs whose shape stays are taken instead."""
+    a, b = small.jaxpr.jaxpr, large.jaxpr.jaxpr
     if len(a.eqns) != len(b.eqns) or any(x.primitive != y.primitive for x, y in zip(a.eqns, b.eqns)):
-        return frozenset()
+        sizes = dict(zip(large.names, (v.aval.shape for v in b.outvars)))
+        return frozenset(
+            v
+            for n, v in zip(small.names, a.outvars)
+            if _is_var(v) and _is_float(v) and sizes.get(n) == v.aval.shape
+        )
     found = set()
     for x, y in zip(a.eqns, b.eqns):
         varies = any(

@@ -191,7 +191,7 @@ class TorchModel(ConvertedModel):
                 large = self._traced((shape[0], 2 * shape[1], 2 * shape[2], shape[3]))
             except RFError:  # a module that runs at one input size only
                 return frozenset()
-            return _jaxpr.global_values(small.jaxpr, large.jaxpr)
+            return _jaxpr.global_values(small, large)
 
         return self._source.cache_get(("global", self._mode, shape), find)
 

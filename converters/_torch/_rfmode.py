@@ -30,6 +30,8 @@ and the caller traces the full-channel copy instead.
 
 from __future__ import annotations
 
+import math
+
 import jax
 import torch
 import torch.nn.functional as F
@@ -93,7 +95,7 @@ def _held_ratio(b: jax.Array) -> jax.Array:
 
 
 def _spreads(kernel: tuple[int, ...] | int) -> bool:
-    return (kernel if isinstance(kernel, int) else int(torch.tensor(kernel).prod())) > 1
+    return (kernel if isinstance(kernel, int) else math.prod(kernel)) > 1
 
 
 class RFMode(TorchFunctionMode):

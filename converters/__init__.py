@@ -92,6 +92,57 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'converters' has no attribute {name!r}")
 
 
+def from_torch(
+    module: Any, outputs: str | Sequence[str] | None = None, *, input_shape: Sequence[int] | None = None
+) -> Any:
+    """Convert a ``torch.nn.Module`` to a ``TorchModel`` (a pure JAX function, NHWC).
+
+    The module is traced by `torchax <https://github.com/google/torchax>`_ to one JAX
+    program of ``lax`` primitives per input shape (an eval-mode deep copy: batch-norm
+    running statistics, no dropout; a module in training mode gets one warning; the
+    user's module is never modified). torch, torchvision and torchax are imported here,
+    not by ``import converters``.
+
+    Args:
+      module: a ``torch.nn.Module`` taking one NCHW float image batch.
+      outputs: qualified module paths to return, as PyTorch names them (``"layer4"``,
+        ``"layer3.5.relu"``, ``"features.28"``; a module's second call is
+        ``"path:1"``); default the module's result (``"output"``, or its dict keys).
+      input_shape: ``(H, W, C)``; traced once at conversion to check the module and
+        list ``.layer_names`` in call order. Without it the channel count comes from
+        the first convolution and the names from a 224 x 224 trace.
+
+    Returns:
+      A ``TorchModel``: ``.apply(params, x)`` on NHWC batches, ``.params`` by PyTorch
+      state name, ``.prepared(one_channel=...)`` the exact RF copy.
+
+    Raises:
+      RFError: torch or torchax missing (``pip install "rfjax[torch]"``), an op with no
+        JAX lowering, control flow on tensor values, a result that is not tensors, an
+        input channel count the first convolution does not take, an unknown output name.
+    """
+    try:
+        from converters import _torch
+    except ImportError as e:
+        raise RFError(
+            f'converting PyTorch models needs torch, torchvision and torchax ({e}); install them with pip install "rfjax[torch]".'
+        ) from e
+    return _torch.from_torch(module, outputs, input_shape=input_shape)
+
+
+def torch_zoo(spec: str, input_shape: Sequence[int]) -> Any:
+    """Build ``"torchvision:<name>"`` or ``"timm:<name>"`` offline (random weights, no
+    download) and convert it with its final feature map as the output (``layer4`` of a
+    ResNet, ``features`` of a MobileNet, ...); see :func:`from_torch`."""
+    try:
+        from converters._torch import _zoo
+    except ImportError as e:
+        raise RFError(
+            f'building {spec!r} needs torch, torchvision, timm and torchax ({e}); install them with pip install "rfjax[torch]".'
+        ) from e
+    return _zoo.build(spec, tuple(int(v) for v in input_shape))
+
+
 __all__ = [
     "KerasModel",
     "OnnxModel",
@@ -100,8 +151,10 @@ __all__ = [
     "from_keras",
     "from_onnx",
     "from_tf",
+    "from_torch",
     "keras_cam_layers",
     "load_keras",
     "register",
     "supported_layers",
+    "torch_zoo",
 ]

@@ -13,10 +13,10 @@ from converters import _collapse
 from converters._geometry import rf_bounds
 from converters._graph import Graph, Ref, map_refs, refs_in
 from converters._registry import check_name, lookup, supported_layers
-from converters._support import support_only as _support_only
 from rfjax._types import HW
 from rfjax.contract import ConvertedModel, RFBound
 from rfjax.errors import RFError
+from rfjax.prepare import support_only
 
 
 def _build(
@@ -160,7 +160,7 @@ class KerasModel(ConvertedModel):
             if node.name in self._hold:
                 out = jax.tree.map(jax.lax.stop_gradient, out)
             elif supports and node.layer in self._support_layers:
-                out = jax.tree.map(_support_only, out)
+                out = jax.tree.map(support_only, out)
             env[node.name] = [out] if node.n_outputs == 1 else list(out)
         return env
 

@@ -45,8 +45,9 @@ class Arch:
     """One architecture of a sweep.
 
     Attributes:
-      name: a ``keras.applications`` model name (``"ResNet50"``), a path to a
-        ``.keras``/``.h5`` file, or any label when ``build`` is given.
+      name: a ``keras.applications`` model name (``"ResNet50"``), ``"torchvision:<name>"``
+        or ``"timm:<name>"`` (final features), a path to a ``.keras``/``.h5`` file, or
+        any label when ``build`` is given.
       layers: layer names to measure; ``None`` for the model's outputs (use
         ``include_top=False`` names such as ``"conv5_block3_out"`` for zoo models).
       input_sizes: ``(H, W, C)`` shapes to measure at ('same' padding makes the
@@ -130,8 +131,15 @@ def keras_application(name: str, input_shape: tuple[int, int, int], dynamic: boo
     return converters.from_keras(model, input_shape=input_shape)
 
 
+_TORCH_ZOOS = ("torchvision:", "timm:")
+
+
 def _zoo_name(arch: Arch) -> bool:
-    return arch.build is None and not arch.name.endswith((".keras", ".h5"))
+    return (
+        arch.build is None
+        and not arch.name.endswith((".keras", ".h5"))
+        and not arch.name.startswith(_TORCH_ZOOS)
+    )
 
 
 def _build(arch: Arch, shape: tuple[int, int, int], dynamic: bool = True) -> Any:
@@ -141,6 +149,10 @@ def _build(arch: Arch, shape: tuple[int, int, int], dynamic: bool = True) -> Any
         import converters
 
         return converters.from_keras(arch.name, input_shape=shape)
+    if arch.name.startswith(_TORCH_ZOOS):
+        import converters
+
+        return converters.torch_zoo(arch.name, shape)
     return keras_application(arch.name, shape, dynamic)
 
 

@@ -73,12 +73,17 @@ def _shape(text: str) -> tuple[int, int, int]:
 
 
 def _load_model(spec: str, input_shape: tuple[int, int, int] | None):
-    """A ``.keras``/``.h5``/``.onnx`` file, or a ``keras.applications`` name (built
-    offline, ``weights=None``, ``include_top=False``)."""
+    """A ``.keras``/``.h5``/``.onnx`` file, a ``keras.applications`` name (built offline,
+    ``weights=None``, ``include_top=False``), or ``torchvision:<name>`` / ``timm:<name>``
+    (built offline, final features)."""
     if spec.lower().endswith(".onnx"):
         import converters
 
         return converters.from_onnx(spec, input_shape=input_shape)
+    if spec.startswith(("torchvision:", "timm:")):
+        import converters
+
+        return converters.torch_zoo(spec, input_shape or (224, 224, 3))
     if spec.endswith((".keras", ".h5")) or Path(spec).exists():
         import converters
 

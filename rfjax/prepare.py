@@ -192,6 +192,29 @@ def linearize(fn: Callable) -> Callable:
     return wrapped
 
 
+@jax.custom_vjp
+def support_only(y: jax.Array) -> jax.Array:
+    """Identity whose backward pass keeps only the support of the cotangent (1 where it
+    is non-zero). The one-channel RF copies of every adapter apply it after the layers
+    that spread a gradient to neighbouring pixels (convolutions, pooling and resizing
+    with windows larger than 1; the others are identities or means there): their fit
+    reads supports only, and with true magnitudes the fringe of a deep network's RF falls
+    below float32's range (a 3x3 layer scales the centre by 3 and the edge by 1/3, so
+    InceptionResNetV2's edges reached 1e-45 and were flushed to zero)."""
+    return y
+
+
+def _support_fwd(y: jax.Array):
+    return y, None
+
+
+def _support_bwd(_, g: jax.Array):
+    return ((g != 0).astype(g.dtype),)
+
+
+support_only.defvjp(_support_fwd, _support_bwd)
+
+
 def constant_input(shape: tuple[int, ...], value: float = 1.0) -> np.ndarray:
     """The constant positive input the preparation feeds, ``(1, H, W, C)``."""
     return np.full((1,) + tuple(shape), value, np.float32)

@@ -434,10 +434,9 @@ def test_model_with_no_spatial_output_converts():
     assert converted.with_outputs("conv")(_x((8, 8, 3)))["conv"].shape == (1, 6, 6, 4)
 
 
-def test_importing_rfjax_and_converters_does_not_import_tensorflow():
-    code = (
-        "import sys, rfjax, converters; assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules"
-    )
+def test_importing_rfjax_and_converters_does_not_import_tensorflow_or_torch():
+    frameworks = "{'tensorflow', 'keras', 'torch', 'torchvision', 'torchax', 'timm', 'onnx'}"
+    code = f"import sys, rfjax, converters; assert not {frameworks} & set(sys.modules), {frameworks} & set(sys.modules)"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

@@ -10,7 +10,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from converters._registry import check_name
-from converters._support import support_only
 from converters.onnx._common import static
 from converters.onnx._geometry import rf_bounds
 from converters.onnx._graph import Graph, Node
@@ -18,6 +17,7 @@ from converters.onnx._registry import Ctx, OpSpec, spec, supported_ops
 from rfjax._types import HW
 from rfjax.contract import ConvertedModel, RFBound
 from rfjax.errors import RFError
+from rfjax.prepare import support_only
 
 # ops that can pick channels: the one-channel copy would merge what they separate
 _CHANNEL_PICKS = ("Slice", "Split", "Gather")

@@ -48,14 +48,16 @@ def _axes_to_draw(h: np.ndarray, w: np.ndarray) -> list[tuple[str, np.ndarray]]:
 
 def stage_ticks(rows: Sequence[LayerRF]) -> list[int]:
     """Indices of the rows where the measured stride changes (a new stage), the first
-    row always included; thinned evenly to at most :data:`MAX_TICKS`."""
+    row always included; a change within 1/40 of the depth of the last tick is left
+    out (labels would overlap), and the rest thinned evenly to at most :data:`MAX_TICKS`."""
     h, w = _pairs(rows, "stride")
     stride = np.fmax(h, w)
+    gap = max(1.0, len(rows) / 40)
     ticks, last = [0], np.nan
     for i, s in enumerate(stride):
         if np.isnan(s):
             continue
-        if not np.isnan(last) and s != last:
+        if not np.isnan(last) and s != last and i - ticks[-1] >= gap:
             ticks.append(i)
         last = s
     if len(ticks) > MAX_TICKS:

@@ -94,3 +94,9 @@ def test_no_rows_and_an_unwritable_path_are_one_sentence(tmp_path):
         plot_layers([])
     with pytest.raises(RFError, match=r"save=.*cannot be written"):
         plot_layers(SQUARE, save=tmp_path / "missing" / "p.png")
+
+
+def test_stage_ticks_leave_out_a_change_too_close_to_the_last_tick():
+    # 100 layers; the stride changes at depth 1 (too close to the first tick) and at 50
+    rows = [_row(d, (3, 3), (1 if d == 0 else 2 if d < 50 else 4,) * 2) for d in range(100)]
+    assert stage_ticks(rows) == [0, 50]

@@ -48,11 +48,11 @@ def _axes_to_draw(h: np.ndarray, w: np.ndarray) -> list[tuple[str, np.ndarray]]:
 
 def stage_ticks(rows: Sequence[LayerRF]) -> list[int]:
     """Indices of the rows where the measured stride changes (a new stage), the first
-    row always included; a change within 1/40 of the depth of the last tick is left
+    row always included; a change within 1/20 of the depth of the last tick is left
     out (labels would overlap), and the rest thinned evenly to at most :data:`MAX_TICKS`."""
     h, w = _pairs(rows, "stride")
     stride = np.fmax(h, w)
-    gap = max(1.0, len(rows) / 40)
+    gap = max(1.0, len(rows) / 20)
     ticks, last = [0], np.nan
     for i, s in enumerate(stride):
         if np.isnan(s):

@@ -79,7 +79,7 @@ def measure_group(
         yield from measure_group(model, names[:half], shape, grow, max_input)
         yield from measure_group(model, names[half:], shape, grow, max_input)
         return
-    yield got if isinstance(got, dict) else {names[0]: got}
+    yield {name: got[name] for name in names} if isinstance(got, dict) else {names[0]: got}
 
 
 def measure_layers(

@@ -154,7 +154,7 @@ def sweep_layers(
             raise RFError("model must return a dict {layer name: feature map} for a layer sweep.")
         names = [n for n in (layers or order) if len(getattr(out.get(n), "shape", ())) == 4]
     if converted is not None:
-        return _sweep_converted(model, names, shape, grow, max_input, on_row)
+        return _sweep_converted(model, names, (shape[0], shape[1], shape[2]), grow, max_input, on_row)
     rows = []
     for depth, name in enumerate(names):
         row = _row(name, depth, shape, grow, _fit_one(model, params, name, shape, grow, max_input))
@@ -173,7 +173,7 @@ def _fit_one(fn: Any, params: Any, name: str, shape, grow: bool, max_input: int)
     return rf[name] if isinstance(rf, dict) else rf
 
 
-def _sources(model: ConvertedModel, names: Sequence[str], shape: tuple[int, int, int]) -> dict[str, str]:
+def _sources(model: ConvertedModel, names: Sequence[str], shape: tuple[int, ...]) -> dict[str, str]:
     """``{layer: measured layer}`` for the layers whose RF is their input's by construction
     (:meth:`~rfjax.contract.ConvertedModel.rf_source`, same grid), followed back to a
     layer of ``names`` that is measured."""

@@ -194,6 +194,23 @@ class KerasModel(ConvertedModel):
         bound = self._derived["rf_bounds"].get(self._ref(self._check_name(name)).node)
         return None if bound is None else RFBound(HW(bound[0], bound[1]), HW(bound[2], bound[3]))
 
+    def rf_source(self, name: str) -> str | None:
+        """The single input of layer ``name`` when the layer is per-pixel (see
+        :func:`_per_pixel`) and that input is itself requestable; ``None`` otherwise."""
+        ref = self._ref(self._check_name(name))
+        node = next((n for n in self._graph.nodes if n.name == ref.node), None)
+        if node is None or ref.index != 0 or node.n_outputs != 1 or node.name == self._graph.input:
+            return None
+        refs = refs_in((node.args, node.kwargs))
+        layer = self._graph.layers[node.layer]
+        if (
+            len(refs) != 1
+            or refs[0].index != 0
+            or not _per_pixel(layer.class_name, layer.config, self.channels_first)
+        ):
+            return None
+        return refs[0].node
+
     def depends_globally(self, name: str) -> bool:
         """Whether layer ``name`` depends on the whole input through a
         :meth:`global_nodes` node (squeeze-and-excitation gates, image-pooling branches)."""
@@ -351,6 +368,46 @@ def _spreads(class_name: str, config: dict) -> bool:
         return False
     window = config.get("kernel_size", config.get("pool_size"))
     return window is None or np.prod(np.atleast_1d(window)) > 1
+
+
+# Keras layers that map each input pixel to the same output pixel, whatever their weights
+# (normalisations over channels only, activations, noise and dropout, rescaling).
+_PER_PIXEL = frozenset(
+    {
+        "Activation",
+        "BatchNormalization",
+        "Dropout",
+        "ELU",
+        "GaussianDropout",
+        "GaussianNoise",
+        "Identity",
+        "LayerScale",
+        "LeakyReLU",
+        "Normalization",
+        "PReLU",
+        "ReLU",
+        "Rescaling",
+        "SpatialDropout2D",
+        "StochasticDepth",
+    }
+)
+
+
+def _per_pixel(class_name: str, config: dict, channels_first: bool) -> bool:
+    """Whether a layer's output pixel depends on its input pixel alone: a
+    :data:`_PER_PIXEL` class (a softmax over channels only), a LayerNormalization over
+    channels, or a 1x1 stride-1 convolution (no padding, no window)."""
+    channel = ([1], [-3]) if channels_first else ([-1], [3])
+    if class_name in ("Softmax", "LayerNormalization"):
+        return [int(v) for v in np.atleast_1d(config.get("axis", -1))] in channel
+    if class_name in _PER_PIXEL:
+        return True
+    if class_name in ("Conv2D", "DepthwiseConv2D"):
+        ones = [1, 1]
+        return [int(v) for v in np.atleast_1d(config.get("kernel_size", 0)) * ones] == ones and [
+            int(v) for v in np.atleast_1d(config.get("strides", 1)) * ones
+        ] == ones
+    return False
 
 
 def _value(env: dict[str, list], v: Any) -> Any:

@@ -107,6 +107,14 @@ class ConvertedModel(abc.ABC):
         """The closed-form RF bound of ``name``, when the adapter knows the geometry."""
         return None
 
+    def rf_source(self, name: str) -> str | None:
+        """The layer whose RF layer ``name`` has by construction: its single input, when
+        ``name`` is a per-pixel layer (activation, normalisation, 1x1 stride-1
+        convolution) that maps every input pixel to the same output pixel; ``None`` when
+        the adapter cannot tell or the layer may spread or move its input. A layer sweep
+        then takes the input's row instead of measuring (same grid checked there)."""
+        return None
+
     def spatial_shapes(self, input_shape: Sequence[int]) -> dict[str, tuple[int, ...]]:
         """The output shape of every layer for an ``(H, W, C)`` input, traced without
         compute. The default traces :meth:`apply` over every layer name."""

@@ -10,20 +10,22 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
-import math
 import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
-import numpy as np
 
-from rfjax._types import HW
+from rfjax._types import HW, ReceptiveField
 from rfjax.contract import ConvertedModel, resolve_model
 from rfjax.errors import RFCallError, RFError, RFGlobal, RFTooLarge, cause
 from rfjax.fit import receptive_field
 from rfjax.growth import MAX_INPUT
+from rfjax.layer_fit import measure_layers
+from rfjax.layer_plot import plot_layers
 from rfjax.prepare import constant_input
+
+__all__ = ["LayerRF", "plot_layers", "save_rows", "sweep_layers"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,7 +46,9 @@ class LayerRF:
 
     ``input_shape`` is the requested input the row describes; ``measured_shape`` the
     input a growing fit measured on (same padding at every layer, see
-    :mod:`rfjax.growth`).
+    :mod:`rfjax.growth`). ``method`` is the fit's (``"central"``, ``"lines"``,
+    ``"cells"``), or ``"as <layer>"`` for a per-pixel layer (activation, batch norm,
+    1x1 stride-1 convolution) that took the row of its input ``<layer>`` unmeasured.
     """
 
     layer: str
@@ -59,6 +63,7 @@ class LayerRF:
     global_: bool = False
     error: str | None = None
     measured_shape: HW | None = None
+    method: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """Flat, JSON-ready: pairs become ``size_h``, ``size_w``, ..."""
@@ -70,6 +75,8 @@ class LayerRF:
         }
         if self.error is not None:
             out["error"] = self.error
+        if self.method is not None:
+            out["method"] = self.method
         for field in ("size", "stride", "offset", "padding", "input_shape", "output_shape", "measured_shape"):
             pair = getattr(self, field)
             out[f"{field}_h"] = None if pair is None else float(pair.h)
@@ -126,87 +133,122 @@ def sweep_layers(
         raise RFError("input_shape is missing: pass input_shape=(H, W, C) for the sweep.")
     shape = tuple(int(v) for v in input_shape)
     if converted is not None:
-        names = _converted_layers(converted, layers, shape)
+        if layers is None:
+            names = [n for n in model.layer_names if n != model.input_name]
+        else:
+            names = list(layers)
+        unknown = [n for n in names if n not in model.layer_names]
+        if unknown:
+            model.with_outputs(unknown[:1])  # raises with near-name suggestions
+        names = _spatial_layers(model, names, shape)
     else:
-        names = _function_layers(model, params, layers, shape)
+        order: list = []
+
+        def traced(x):  # the dict as built, before pytree flattening sorts its keys
+            out = model(x) if params is None else model(params, x)
+            order.extend(out.keys() if isinstance(out, dict) else [])
+            return out
+
+        out = jax.eval_shape(traced, constant_input(shape))
+        if not isinstance(out, dict):
+            raise RFError("model must return a dict {layer name: feature map} for a layer sweep.")
+        names = [n for n in (layers or order) if len(getattr(out.get(n), "shape", ())) == 4]
+    if converted is not None:
+        return _sweep_converted(model, names, (shape[0], shape[1], shape[2]), grow, max_input, on_row)
     rows = []
     for depth, name in enumerate(names):
-        if (
-            converted is not None
-        ):  # receptive_field picks the one-channel prepared view and spots global branches
-            one = {"fn": model, "params": None, "prepare": True, "layer": name}
-        else:
-            one = {"fn": model, "params": params, "prepare": True, "outputs": [name]}
-        row = _measure(name, depth, shape, grow, max_input, **one)
+        row = _row(name, depth, shape, grow, _fit_one(model, params, name, shape, grow, max_input))
         rows.append(row)
         if on_row is not None:
             on_row(row)
     return rows
 
 
-def _converted_layers(
-    model: ConvertedModel, layers: Sequence[str] | None, shape: tuple[int, ...]
-) -> list[str]:
-    """The requested (default: all but the input) layers of a converted model that are
-    feature maps at ``shape``; an unknown name raises with near-name suggestions."""
-    names = [n for n in model.layer_names if n != model.input_name] if layers is None else list(layers)
-    unknown = [n for n in names if n not in model.layer_names]
-    if unknown:
-        model.with_outputs(unknown[:1])  # raises with near-name suggestions
-    return _spatial_layers(model, names, (int(shape[0]), int(shape[1]), int(shape[2])))
-
-
-def _function_layers(
-    fn: Callable, params: Any, layers: Sequence[str] | None, shape: tuple[int, ...]
-) -> list[str]:
-    """The requested (default: all, in the order ``fn`` builds its dict) outputs of a
-    function ``x -> {name: map}`` that are 4-D feature maps at ``shape``."""
-    order: list = []
-
-    def traced(x):  # the dict as built, before pytree flattening sorts its keys
-        out = fn(x) if params is None else fn(params, x)
-        order.extend(out.keys() if isinstance(out, dict) else [])
-        return out
-
-    out = jax.eval_shape(traced, constant_input(shape))
-    if not isinstance(out, dict):
-        raise RFError("model must return a dict {layer name: feature map} for a layer sweep.")
-    return [n for n in (layers or order) if len(getattr(out.get(n), "shape", ())) == 4]
-
-
-def _measure(
-    name: str, depth: int, shape, grow: bool, max_input: int, *, fn, params, prepare, outputs=None, layer=None
-) -> LayerRF:
+def _fit_one(fn: Any, params: Any, name: str, shape, grow: bool, max_input: int) -> ReceptiveField | RFError:
+    """One layer of a JAX function measured alone: its RF, or the RFError that says why not."""
     try:
-        rf = receptive_field(
-            fn,
-            shape,
-            params=params,
-            prepare=prepare,
-            grow=grow,
-            max_input=max_input,
-            outputs=outputs,
-            layer=layer,
-        )
-    except RFGlobal as e:
-        return LayerRF(name, depth, "global", None, None, None, None, HW(*e.input_shape), HW(0, 0), True)
-    except RFTooLarge as e:
-        h, w = e.input_shape
-        return LayerRF(
-            name,
-            depth,
-            "global" if (e.everywhere and grow) else "larger",
-            None,
-            None,
-            None,
-            None,
-            HW(h, w),
-            HW(0, 0),
-        )
+        rf = receptive_field(fn, shape, params=params, grow=grow, max_input=max_input, outputs=[name])
     except RFError as e:  # one layer's failure must not end the sweep
-        return LayerRF(name, depth, "error", None, None, None, None, HW(*shape[:2]), HW(0, 0), error=str(e))
-    if isinstance(rf, dict):
-        rf = rf[name]
+        return e
+    return rf[name] if isinstance(rf, dict) else rf
+
+
+def _sources(model: ConvertedModel, names: Sequence[str], shape: tuple[int, ...]) -> dict[str, str]:
+    """``{layer: measured layer}`` for the layers whose RF is their input's by construction
+    (:meth:`~rfjax.contract.ConvertedModel.rf_source`, same grid), followed back to a
+    layer of ``names`` that is measured."""
+    shapes = model.spatial_shapes(shape)
+    wanted = set(names)
+    direct = {}
+    for name in names:
+        src = model.rf_source(name)
+        if src in wanted and shapes[src][1:3] == shapes[name][1:3]:
+            direct[name] = src
+    out = {}
+    for name, src in direct.items():
+        while src in direct:
+            src = direct[src]
+        out[name] = src
+    return out
+
+
+def _sweep_converted(
+    model: ConvertedModel,
+    names: list[str],
+    shape: tuple[int, int, int],
+    grow: bool,
+    max_input: int,
+    on_row: Callable[[LayerRF], None] | None,
+) -> list[LayerRF]:
+    """Every layer of a converted model from a few grouped programs (:mod:`rfjax.layer_fit`);
+    per-pixel layers take their input's row (``method="as <layer>"``), unless that row is
+    an error (then they are measured themselves)."""
+    depth = {n: d for d, n in enumerate(names)}
+    sources = _sources(model, names, shape)
+    waiting: dict[str, list[str]] = {}
+    for name, src in sources.items():
+        waiting.setdefault(src, []).append(name)
+    rows: dict[str, LayerRF] = {}
+    again: list[str] = []
+
+    def emit(row: LayerRF) -> None:
+        rows[row.layer] = row
+        if on_row is not None:
+            on_row(row)
+
+    def done(part: dict) -> None:
+        for name, outcome in part.items():
+            row = _row(name, depth[name], shape, grow, outcome)
+            emit(row)
+            for follower in waiting.get(name, []):
+                if row.status == "error":
+                    again.append(follower)
+                else:
+                    emit(dataclasses.replace(row, layer=follower, depth=depth[follower], method=f"as {name}"))
+
+    measured = [n for n in names if n not in sources]
+    measure_layers(model, measured, shape, grow=grow, max_input=max_input, on_done=done)
+    if again:
+        measure_layers(model, again, shape, grow=grow, max_input=max_input, on_done=done)
+    return sorted(rows.values(), key=lambda r: r.depth)
+
+
+def _row(name: str, depth: int, shape, grow: bool, outcome: ReceptiveField | RFError) -> LayerRF:
+    """The sweep row of one layer from its fit's outcome (an RF covering every input a
+    growing fit tried is ``"global"``)."""
+    if isinstance(outcome, RFGlobal):
+        return LayerRF(
+            name, depth, "global", None, None, None, None, HW(*outcome.input_shape), HW(0, 0), True
+        )
+    if isinstance(outcome, RFTooLarge):
+        h, w = outcome.input_shape
+        status = "global" if (outcome.everywhere and grow) else "larger"
+        return LayerRF(name, depth, status, None, None, None, None, HW(h, w), HW(0, 0))
+    if isinstance(outcome, RFError):
+        return LayerRF(
+            name, depth, "error", None, None, None, None, HW(*shape[:2]), HW(0, 0), error=str(outcome)
+        )
+    rf = outcome
     return LayerRF(
         name,
         depth,
@@ -219,6 +261,7 @@ def _measure(
         rf.output_shape,
         rf.global_,
         measured_shape=rf.measured_shape,
+        method=rf.method,
     )
 
 
@@ -240,55 +283,3 @@ def save_rows(rows: Sequence[LayerRF], path: str | os.PathLike) -> None:
             raise RFError(f"path={path!r} must end in .csv or .json.")
     except OSError as e:
         raise RFError(f"path={path!r} cannot be written ({e.strerror}); pass a writable file.") from e
-
-
-def plot_layers(rows: Sequence[LayerRF], *, save: str | os.PathLike | None = None):
-    """RF size (h and w) against layer depth, with the input size marked.
-
-    Layers whose RF reaches past the input are drawn at the input size with an open
-    marker (a lower bound). Returns a matplotlib ``Figure``.
-    """
-    from matplotlib.figure import Figure
-
-    if not rows:
-        raise RFError("rows is empty: nothing to plot.")
-    fig = Figure(figsize=(max(6.4, 0.28 * len(rows)), 4.8), layout="constrained")
-    ax = fig.add_subplot()
-    depth = np.array([r.depth for r in rows])
-    for axis, marker in (("h", "o"), ("w", "s")):
-        ok = np.array([r.status == "ok" for r in rows])
-        sizes = np.array([getattr(r.size, axis) if r.size is not None else math.nan for r in rows])
-        ax.plot(
-            depth[ok], sizes[ok], marker=marker, ms=4, lw=1, label=f"RF size ({axis})", gid=f"size-{axis}"
-        )
-        bound = np.array([getattr(r.input_shape, axis) for r in rows], float)
-        past = np.array([r.status in ("larger", "global") for r in rows])
-        if past.any():
-            ax.plot(
-                depth[past],
-                bound[past],
-                ls="none",
-                marker=marker,
-                mfc="none",
-                label=f"> input ({axis})",
-                gid=f"bound-{axis}",
-            )
-    size_in = (
-        max(max(r.input_shape) for r in rows if r.status == "ok")
-        if any(r.status == "ok" for r in rows)
-        else None
-    )
-    if size_in:
-        ax.axhline(size_in, color="0.4", ls="--", lw=1, label=f"input size {size_in:g}", gid="input-size")
-    ax.set_xticks(depth, [r.layer for r in rows], rotation=90, fontsize=7)
-    ax.set_ylabel("RF size (pixels)")
-    ax.set_title("Receptive field size by layer")
-    ax.legend(fontsize=8)
-    if save is not None:
-        try:
-            fig.savefig(save, dpi=100)
-        except OSError as e:
-            raise RFError(
-                f"save={os.fspath(save)!r} cannot be written ({e.strerror}); pass a writable path."
-            ) from e
-    return fig

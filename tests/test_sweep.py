@@ -85,11 +85,16 @@ def test_exports_round_trip(rows, tmp_path):
 def test_plot_shows_size_by_depth_and_the_input(rows, tmp_path):
     fig = plot_layers(rows, save=tmp_path / "s.png")
     ax = fig.axes[0]
-    line = next(ln for ln in ax.lines if ln.get_gid() == "size-w")
+    line = next(ln for ln in ax.lines if ln.get_gid() == "size-w")  # c2's 3x5 kernel: h and w differ
     assert list(line.get_ydata()) == [r.size.w for r in rows]
-    inp = next(ln for ln in ax.lines if ln.get_gid() == "input-size")
+    inp = next(ln for ln in ax.lines if ln.get_gid() == "input-size-h")
     assert inp.get_ydata()[0] == 44
-    assert [t.get_text() for t in ax.get_xticklabels()] == [r.layer for r in rows]
+    assert [t.get_text() for t in ax.get_xticklabels()] == [
+        "c1",
+        "p1",
+        "c3",
+        "p2",
+    ]  # where the stride changes
     assert (tmp_path / "s.png").stat().st_size > 0
 
 

@@ -140,7 +140,8 @@ def torch_zoo(spec: str, input_shape: Sequence[int]) -> Any:
         raise RFError(
             f'building {spec!r} needs torch, torchvision, timm and torchax ({e}); install them with pip install "rfjax[torch]".'
         ) from e
-    return _zoo.build(spec, tuple(int(v) for v in input_shape))
+    h, w, c = (int(v) for v in input_shape)
+    return _zoo.build(spec, (h, w, c))
 
 
 __all__ = [

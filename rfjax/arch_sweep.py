@@ -29,8 +29,9 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+from rfjax.contract import resolve_model
 from rfjax.errors import RFError, RFWriteError, cause
 from rfjax.growth import MAX_INPUT
 
@@ -49,7 +50,8 @@ class Arch:
         or ``"timm:<name>"`` (final features), a path to a ``.keras``/``.h5`` file, or
         any label when ``build`` is given.
       layers: layer names to measure; ``None`` for the model's outputs (use
-        ``include_top=False`` names such as ``"conv5_block3_out"`` for zoo models).
+        ``include_top=False`` names such as ``"conv5_block3_out"`` for zoo models);
+        ``"all"`` for every spatial layer of a converted model (one row per layer).
       input_sizes: ``(H, W, C)`` shapes to measure at ('same' padding makes the
         offset depend on the input size).
       build: optional ``input_shape -> model`` (a converted model, or anything
@@ -58,7 +60,7 @@ class Arch:
     """
 
     name: str
-    layers: tuple[str, ...] | None = None
+    layers: tuple[str, ...] | Literal["all"] | None = None
     input_sizes: tuple[tuple[int, int, int], ...] = (DEFAULT_INPUT,)
     build: Callable[[tuple[int, int, int]], Any] | None = None
     grow: bool = False
@@ -92,9 +94,19 @@ def load_spec(path: str | os.PathLike) -> list[Arch]:
         if any(len(s) != 3 for s in sizes):
             raise RFError(f"spec entry {i} ({entry['name']}): input_sizes must be [H, W, C] triples.")
         layers = entry.get("layers")
+        if (
+            isinstance(layers, str)
+            and layers != "all"
+            or (isinstance(layers, list) and not all(isinstance(n, str) for n in layers))
+        ):
+            raise RFError(f'spec entry {i} ({entry["name"]}): layers must be a list of layer names or "all".')
         archs.append(
             Arch(
-                entry["name"], tuple(layers) if layers else None, sizes, None, bool(entry.get("grow", False))  # type: ignore[arg-type]  # triples checked above
+                entry["name"],
+                layers if layers == "all" else tuple(layers) if layers else None,
+                sizes,  # type: ignore[arg-type]  # triples, checked above
+                None,
+                bool(entry.get("grow", False)),
             )
         )
     return archs
@@ -289,14 +301,19 @@ class _Run:
     max_input: int
 
     def finished(self, arch: Arch, shape: Sequence[int]) -> bool:
-        if arch.layers is not None and all(_key(arch.name, lay, shape) in self.done for lay in arch.layers):
+        named = arch.layers is not None and arch.layers != "all"
+        if named and all(_key(arch.name, lay, shape) in self.done for lay in arch.layers or ()):
             return True
         # recorded as failed before: delete its line to retry
         return _key(arch.name, None, shape) in self.done
 
     def record(self, arch: Arch, shape: Sequence[int], t0: float, row: Any) -> None:
         """Append one measured :class:`~rfjax.layer_sweep.LayerRF` row (timed from ``t0``)."""
-        rec: dict[str, Any] = {"key": _key(arch.name, row.layer, shape), "arch": arch.name, "input": list(shape)}
+        rec: dict[str, Any] = {
+            "key": _key(arch.name, row.layer, shape),
+            "arch": arch.name,
+            "input": list(shape),
+        }
         if rec["key"] in self.done:
             return  # a function's layers are known only as it runs: some were measured before
         rec.update(row.as_dict())
@@ -422,14 +439,35 @@ def _measure(run: _Run, arch: Arch, shape: tuple[int, int, int], model: Any, t0:
     """Sweep the layers of ``model`` not measured yet, appending each row as it comes."""
     from rfjax.layer_sweep import sweep_layers
 
-    layers = (
-        list(arch.layers) if arch.layers is not None else list(getattr(model, "output_names", [])) or None
-    )
+    converted = resolve_model(model, shape)
+    if arch.layers == "all":
+        if converted is None:
+            raise RFError(
+                f'{arch.name}: layers "all" needs a converted model (Keras, PyTorch, ONNX), not a function.'
+            )
+        layers: list[str] | None = [n for n in converted.layer_names if n != converted.input_name]
+    elif arch.layers is not None:
+        layers = list(arch.layers)
+    else:
+        layers = list(converted.output_names) if converted is not None else None
     todo = [lay for lay in layers if _key(arch.name, lay, shape) not in run.done] if layers else None
     if layers and not todo:
-        return  # its outputs, known only once built, were all measured before
+        return  # its layers, known only once built, were all measured before
     on_row = functools.partial(run.record, arch, shape, t0)
-    sweep_layers(model, shape, layers=todo, grow=arch.grow, max_input=run.max_input, on_row=on_row)
+    rows = sweep_layers(
+        model if converted is None else converted,
+        shape,
+        layers=todo,
+        grow=arch.grow,
+        max_input=run.max_input,
+        on_row=on_row,
+    )
+    if (
+        arch.layers == "all"
+        and not rows
+        and not any(_key(arch.name, lay, shape) in run.done for lay in layers or ())
+    ):
+        raise RFError(f'{arch.name} has no spatial layer to sweep (layers: "all"); name the layers instead.')
 
 
 def _merge_after(path: Path, index: int, count: int, joint: bool) -> None:

@@ -79,6 +79,17 @@ class ConvertedModel(abc.ABC):
         :attr:`has_one_channel`."""
 
     # ------------------------------------------------------------ optional, with defaults
+    def known_input_shape(self) -> Shape3:
+        """:attr:`input_shape` as three ints; :class:`~rfjax.errors.RFError` when a
+        dimension is dynamic (the adapter was given no ``input_shape``)."""
+        if len(self.input_shape) != 3 or any(v is None for v in self.input_shape):
+            raise RFError(
+                f"the model's input shape {tuple(self.input_shape)} is dynamic; pass input_shape=(H, W, C) "
+                "when converting it."
+            )
+        h, w, c = (int(v) for v in self.input_shape if v is not None)
+        return (h, w, c)
+
     @property
     def has_one_channel(self) -> bool:
         """Whether :meth:`prepared` honours ``one_channel=True``."""

@@ -140,7 +140,7 @@ def sweep_layers(
         unknown = [n for n in names if n not in model.layer_names]
         if unknown:
             model.with_outputs(unknown[:1])  # raises with near-name suggestions
-        names = _spatial_layers(model, names, shape)
+        names = _spatial_layers(model, names, (int(shape[0]), int(shape[1]), int(shape[2])))
     else:
         order: list = []
 

@@ -238,3 +238,38 @@ def test_the_cli_says_disk_full_in_one_line_with_exit_code_2(tmp_path, monkeypat
     code = cli.main(["sweep", str(spec), "--out", str(tmp_path / "s.jsonl")])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "No space left on device" in err[0] and "Traceback" not in err[0]
+
+
+def test_all_layers_of_a_converted_model_one_row_each_and_resumable(tmp_path):
+    import keras
+
+    import converters
+
+    inp = keras.Input((None, None, 1))
+    x = keras.layers.Conv2D(2, 3, name="c1")(inp)
+    x = keras.layers.ReLU(name="r1")(x)
+    x = keras.layers.Conv2D(2, 5, name="c2")(x)
+    model = keras.Model(inp, x)
+
+    def build(shape):
+        return converters.from_keras(model, input_shape=shape)
+
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"architectures": [{"name": "tiny", "layers": "all"}]}))
+    assert load_spec(spec)[0].layers == "all"
+    out = tmp_path / "s.jsonl"
+    rows = sweep([Arch("tiny", "all", ((20, 20, 1),), build)], out, progress=False)
+    by = {r["layer"]: r for r in rows}
+    assert set(by) == {"c1", "r1", "c2"}  # every spatial layer, the input left out
+    assert by["c1"]["size_h"] == 3 and by["r1"]["size_h"] == 3 and by["c2"]["size_h"] == 7  # 3 + 4
+    again = sweep([Arch("tiny", "all", ((20, 20, 1),), build)], out, progress=False)
+    assert len(again) == 3 and len(out.read_text().splitlines()) == 1 + 3
+
+
+def test_layers_all_on_a_plain_function_and_bad_layers_are_one_sentence(tmp_path):
+    rows = sweep([Arch("fn", "all", ((20, 20, 1),), stack(3))], tmp_path / "s.jsonl", progress=False)
+    assert rows[0]["status"] == "error" and 'layers "all" needs a converted model' in rows[0]["error"]
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"architectures": [{"name": "VGG16", "layers": "every"}]}))
+    with pytest.raises(RFError, match=r'layers must be a list of layer names or "all"'):
+        load_spec(spec)

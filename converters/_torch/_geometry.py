@@ -176,7 +176,7 @@ def _dot(eqn, lhs: Any, rhs: Any) -> Any:
     return tuple(batch + left + right)
 
 
-def _sub_jaxpr(eqn) -> tuple[Any, ...] | None:
+def _sub_jaxpr(eqn) -> Any:
     for key in _CALLS:
         sub = eqn.params.get(key)
         if isinstance(sub, jcore.ClosedJaxpr):

@@ -85,7 +85,7 @@ def global_values(small: Any, large: Any) -> frozenset:
             for n, v in zip(small.names, a.outvars)
             if _is_var(v) and _is_float(v) and sizes.get(n) == v.aval.shape
         )
-    found = set()
+    found: set[Any] = set()
     for x, y in zip(a.eqns, b.eqns):
         varies = any(
             _is_var(u) and _is_float(u) and u.aval.shape != w.aval.shape for u, w in zip(x.invars, y.invars)

@@ -150,7 +150,7 @@ class TorchModel(ConvertedModel):
         if None in self.input_shape:
             return None
         view = self.prepared(one_channel=True)
-        traced = view._traced((1, *self.input_shape))
+        traced = view._traced((1, *self.known_input_shape()))
         if name not in traced.names:
             return None
         key = ("bounds", (1, *self.input_shape))
@@ -177,7 +177,7 @@ class TorchModel(ConvertedModel):
     def _copy(self, **changes: Any) -> TorchModel:
         kwargs = {"outputs": self.output_names, "mode": self._mode, "hold": self._hold, "params": self.params}
         kwargs.update(changes)
-        return TorchModel(self._source, self.input_shape, self.layer_names, **kwargs)
+        return TorchModel(self._source, self.known_input_shape(), self.layer_names, **kwargs)
 
     def _traced(self, shape: tuple[int, ...]) -> Traced:
         return self._source.traced(self._mode, tuple(int(v) for v in shape), self.params)
@@ -202,12 +202,12 @@ class TorchModel(ConvertedModel):
                 "the model was converted without input_shape; pass input_shape=(H, W, C) to from_torch."
             )
         view = self.prepared(one_channel=True)
-        shape = (1, *self.input_shape)
+        shape = (1, *self.known_input_shape())
         return view._traced(shape), view._global_values(shape)
 
     def _analysis_shapes(self) -> tuple[dict, dict]:
         """Output shapes of the one-channel RF program at the input size and twice it."""
-        h, w, c = self.input_shape
+        h, w, c = self.known_input_shape()
         return self.spatial_shapes((h, w, c)), self.spatial_shapes((2 * h, 2 * w, c))
 
     def _check_name(self, name: Any) -> str:

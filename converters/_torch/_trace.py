@@ -51,7 +51,7 @@ def _leaves(module: torch.nn.Module) -> tuple[dict[str, np.ndarray], dict[str, t
     """Floating-point parameters and buffers (the params pytree) and the other buffers
     (integer constants such as ``num_batches_tracked``), by qualified name."""
     floats, others = {}, {}
-    named = dict(module.named_parameters())
+    named: dict[str, Any] = dict(module.named_parameters())
     named.update(module.named_buffers())
     for name, t in named.items():
         if t.is_floating_point():

@@ -47,7 +47,7 @@ def _module(source: str, name: str) -> Any:
 
 def final_features(model: TorchModel) -> str:
     """The last top-level module whose output is a spatial map (not a global value)."""
-    shapes = model.spatial_shapes(model.input_shape)
+    shapes = model.spatial_shapes(model.known_input_shape())
     found = model.global_nodes()
     top = [n for n in model.layer_names if "." not in n and ":" not in n and n in shapes]
     maps = [n for n in top if len(shapes[n]) == 4 and n not in found]

@@ -302,7 +302,9 @@ def run_way(network_name: str, way: str, repeats: int, timeout: float) -> dict:
         str(repeats),
     ]
     try:
-        proc = subprocess.run(cmd, check=False, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(
+            cmd, check=False, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+        )
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {timeout:.0f} s"}
     for line in proc.stdout.splitlines():

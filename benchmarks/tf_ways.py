@@ -99,7 +99,11 @@ def set_constant_weights(model: keras.Model) -> keras.Model:
             new = []
             for w in layer.weights:
                 short = w.path.split("/")[-1]
-                new.append(np.ones(w.shape, np.float32) if short in ("gamma", "moving_variance") else np.zeros(w.shape, np.float32))
+                new.append(
+                    np.ones(w.shape, np.float32)
+                    if short in ("gamma", "moving_variance")
+                    else np.zeros(w.shape, np.float32)
+                )
             layer.set_weights(new)
             continue
         if not layer.weights:

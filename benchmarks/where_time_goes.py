@@ -66,13 +66,19 @@ def phases(repeats: int) -> dict:
     for n in sorted(set(calls)):
         masks = [np.zeros((n,) + shapes[0][1:3] + (1,), np.float32)]
         out[f"call_{n}_slots_s"] = steady(
-            lambda m=masks: engine._run_slots(readme_net, params, x, m, chans, input_channels="abs_sum", chunk=None, n_devices=1),
+            lambda m=masks: engine._run_slots(
+                readme_net, params, x, m, chans, input_channels="abs_sum", chunk=None, n_devices=1
+            ),
             repeats,
         )
     out["gradient_maps_packed_s"] = steady(lambda: rfjax.gradient_maps(readme_net, x, params=params), repeats)
-    out["gradient_maps_dense_s"] = steady(lambda: rfjax.gradient_maps(readme_net, x, params=params, strategy="dense"), repeats)
+    out["gradient_maps_dense_s"] = steady(
+        lambda: rfjax.gradient_maps(readme_net, x, params=params, strategy="dense"), repeats
+    )
     out["host_cut_s"] = out["gradient_maps_packed_s"] - sum(out[f"call_{n}_slots_s"] for n in calls)
-    out["receptive_field_s"] = steady(lambda: rfjax.receptive_field(readme_net, README_INPUT, params=params), repeats)
+    out["receptive_field_s"] = steady(
+        lambda: rfjax.receptive_field(readme_net, README_INPUT, params=params), repeats
+    )
     return out
 
 
@@ -92,7 +98,9 @@ def layers(repeats: int, batch: int = 81) -> dict:
         ct = jnp.ones((batch, s - k + 1, s - k + 1, cout), jnp.float32)
 
         def bwd(ct, w=w, x1=x1):
-            _, vjp = jax.vjp(lambda x: lax.conv_general_dilated(x, w, (1, 1), "VALID", dimension_numbers=dn), x1)
+            _, vjp = jax.vjp(
+                lambda x: lax.conv_general_dilated(x, w, (1, 1), "VALID", dimension_numbers=dn), x1
+            )
             return jax.vmap(lambda c: vjp(c[None])[0][0])(ct)
 
         f = jax.jit(bwd)
@@ -114,7 +122,9 @@ def memory(repeats: int) -> dict:
         "chunk_slots": chunk,
         "program_bytes_chunk": engine.memory_per_chunk(readme_net, params, xb, shapes, chunk),
         "unchunked_s": steady(lambda: rfjax.gradient_maps(readme_net, x, params=params), repeats),
-        "chunked_s": steady(lambda: rfjax.gradient_maps(readme_net, x, params=params, max_memory=budget), repeats),
+        "chunked_s": steady(
+            lambda: rfjax.gradient_maps(readme_net, x, params=params, max_memory=budget), repeats
+        ),
     }
 
 
@@ -123,7 +133,11 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--json", type=Path)
     args = p.parse_args()
-    res = {"phases": phases(args.repeats), "layers_81_cotangents": layers(args.repeats), "memory": memory(args.repeats)}
+    res = {
+        "phases": phases(args.repeats),
+        "layers_81_cotangents": layers(args.repeats),
+        "memory": memory(args.repeats),
+    }
     print(json.dumps(res, indent=2))
     if args.json:
         args.json.write_text(json.dumps(res, indent=2))

@@ -96,7 +96,11 @@ def _space_to_depth(x: jax.Array, kernel: jax.Array, strides: Sequence[int], pad
     lh, lw = sh * (oh + th - 1), sw * (ow + tw - 1)
     x = x[:, :lh, :lw]
     x = jnp.pad(x, ((0, 0), (0, lh - x.shape[1]), (0, lw - x.shape[2]), (0, 0)))
-    x = x.reshape(n, lh // sh, sh, lw // sw, sw, c).transpose(0, 1, 3, 2, 4, 5).reshape(n, lh // sh, lw // sw, -1)
+    x = (
+        x.reshape(n, lh // sh, sh, lw // sw, sw, c)
+        .transpose(0, 1, 3, 2, 4, 5)
+        .reshape(n, lh // sh, lw // sw, -1)
+    )
     k = jnp.pad(kernel, ((0, sh * th - kh), (0, sw * tw - kw), (0, 0), (0, 0)))
     k = k.reshape(th, sh, tw, sw, c, co).transpose(0, 2, 1, 3, 4, 5).reshape(th, tw, sh * sw * c, co)
     return lax.conv_general_dilated(x, k, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))

@@ -246,7 +246,9 @@ def _one(result: Any, name: Any = None) -> Any:
     return result[name] if isinstance(result, dict) else result
 
 
-_MODEL_HELP = "a .keras/.h5/.onnx file, or a keras.applications name such as VGG16 (built offline, weights=None)"
+_MODEL_HELP = (
+    "a .keras/.h5/.onnx file, or a keras.applications name such as VGG16 (built offline, weights=None)"
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -41,7 +41,9 @@ class Shapes:
         return len(self.labels)
 
 
-def _shape_masks(kinds: np.ndarray, cy: np.ndarray, cx: np.ndarray, side: np.ndarray, size: int) -> np.ndarray:
+def _shape_masks(
+    kinds: np.ndarray, cy: np.ndarray, cx: np.ndarray, side: np.ndarray, size: int
+) -> np.ndarray:
     """``(n, size, size)`` pixels (by centre) inside shape ``kinds[i]`` of side ``side[i]``
     centred at ``(cy[i], cx[i])``."""
     centres = np.arange(size) + 0.5
@@ -103,7 +105,9 @@ def shapes(
         raise RFError(f"size={size!r} must be an integer of at least 16 pixels.")
     lo, hi = scale
     if not 0 < lo <= hi < 0.9:
-        raise RFError(f"scale={scale!r} must be (low, high) fractions of the image with 0 < low <= high < 0.9.")
+        raise RFError(
+            f"scale={scale!r} must be (low, high) fractions of the image with 0 < low <= high < 0.9."
+        )
     rng = np.random.default_rng(seed)
     labels = rng.permutation(np.arange(n) % len(SHAPE_NAMES))
     images = _clutter(rng, n, size, lines)
@@ -115,6 +119,9 @@ def shapes(
     images = np.where(masks[..., None], colour[:, None, None, :], images)
     rows, cols = np.asarray(masks.any(axis=2)), np.asarray(masks.any(axis=1))
     boxes = np.stack(
-        [rows.argmax(1), cols.argmax(1), size - rows[:, ::-1].argmax(1), size - cols[:, ::-1].argmax(1)], axis=1
+        [rows.argmax(1), cols.argmax(1), size - rows[:, ::-1].argmax(1), size - cols[:, ::-1].argmax(1)],
+        axis=1,
     ).astype(np.float64)
-    return Shapes(images=np.clip(images, 0.0, 1.0).astype(np.float32), labels=labels.astype(np.int64), boxes=boxes)
+    return Shapes(
+        images=np.clip(images, 0.0, 1.0).astype(np.float32), labels=labels.astype(np.int64), boxes=boxes
+    )

@@ -500,10 +500,13 @@ def plan(
     _, names, shapes = output_shapes(fn, xb, params, fast=fast)
     selected = _select_outputs(names, outputs)
     chans = [
-        channel_vector(channels if k in selected else None, s[3], output_label(names[k])) for k, s in enumerate(shapes)
+        channel_vector(channels if k in selected else None, s[3], output_label(names[k]))
+        for k, s in enumerate(shapes)
     ]
     budget = memory.check_budget(max_memory)
-    return Plan(fn, params, xb, names, shapes, selected, chans, input_channels, _device_count(devices), budget)
+    return Plan(
+        fn, params, xb, names, shapes, selected, chans, input_channels, _device_count(devices), budget
+    )
 
 
 def one_hot(cells: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
@@ -576,7 +579,9 @@ def gradient_maps(
     if cotangents is not None:
         return _custom_cotangents(run, names, shapes, selected, cotangents, hw)
 
-    cell_arrs = {k: _cell_array(cells, (shapes[k][1], shapes[k][2]), output_label(names[k])) for k in selected}
+    cell_arrs = {
+        k: _cell_array(cells, (shapes[k][1], shapes[k][2]), output_label(names[k])) for k in selected
+    }
     flats = _all_maps(run, shapes, chans, cell_arrs, strategy, (int(hw.h), int(hw.w)))
     results: dict[Any, GradientMaps] = {}
     for k in selected:

@@ -68,6 +68,7 @@ def cause(e: BaseException, limit: int = 200) -> str:
     first = text.splitlines()[0] if text else ""
     return f"{type(e).__name__}: {first[:limit]}" if first else type(e).__name__
 
+
 class RFUnsupported(RFError):
     """A primitive on the path from the input that the RF preparation cannot make exact
     (see :mod:`rfjax.jaxpr`): the RF is refused rather than measured wrong.

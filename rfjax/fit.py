@@ -207,7 +207,11 @@ _VIEWS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _view(
-    model: ConvertedModel, outputs: Sequence | None, prepared: bool, held: bool = False, one_channel: bool = True
+    model: ConvertedModel,
+    outputs: Sequence | None,
+    prepared: bool,
+    held: bool = False,
+    one_channel: bool = True,
 ) -> ConvertedModel:
     """The (prepared) converted model restricted to ``outputs``, with its global
     branches ``held`` constant or not, with one channel per layer where the model
@@ -295,7 +299,9 @@ def receptive_field(
         except _TooSmall as e:
             raise _too_large(e, given) from e
     if target.held and isinstance(result, dict):
-        result = {k: dataclasses.replace(r, global_=True) if k in target.held else r for k, r in result.items()}
+        result = {
+            k: dataclasses.replace(r, global_=True) if k in target.held else r for k, r in result.items()
+        }
     return result[layer] if layer is not None and isinstance(result, dict) else result
 
 
@@ -312,7 +318,9 @@ class _Target(NamedTuple):
     held: frozenset
 
 
-def _target(fn: Any, params: Any, input_shape: Any, x: Any, prepare: bool, outputs: Any, channels: Any) -> _Target:
+def _target(
+    fn: Any, params: Any, input_shape: Any, x: Any, prepare: bool, outputs: Any, channels: Any
+) -> _Target:
     """Resolve what the user passed into the function the fit measures: a converted
     model's (one-channel) RF copy, restricted to ``outputs``, with global branches held;
     or a plain function, linearised when ``prepare``."""
@@ -394,7 +402,9 @@ def _forward_geometry(target: _Target) -> Callable[[tuple[int, int, int]], growt
     def trace(shape: tuple[int, int, int]) -> growth.Geometry:
         x = engine.as_batch(constant_input(shape))
         fast = shape[0] * shape[1] <= engine.FAST_COMPILE_MAX_PIXELS  # as a growing fit's central pass
-        jaxpr, out = engine.forward_trace(target.fn, x, params=target.params, outputs=target.outputs, fast=fast)
+        jaxpr, out = engine.forward_trace(
+            target.fn, x, params=target.params, outputs=target.outputs, fast=fast
+        )
         return growth.geometry(jaxpr, out)
 
     return trace
@@ -483,7 +493,9 @@ def _fit_all(fn: Callable, params: Any, x: Any, method: str, outputs, channels, 
         out = _fit_central_all(plan, grids, fast)
         grids = {k: g for k, g in grids.items() if plan.names[k] not in out}
     for k, rf in _fit_lines(plan, grids, strict).items():
-        out[plan.names[k]] = rf if rf is not None else _fit_cells(fn, x, params, plan.names, k, channels, strict)
+        out[plan.names[k]] = (
+            rf if rf is not None else _fit_cells(fn, x, params, plan.names, k, channels, strict)
+        )
     return out[None] if plan.names == [None] else out
 
 

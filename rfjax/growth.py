@@ -61,7 +61,13 @@ def _entry(eqn: Any) -> tuple | None:
     """The size-independent geometry of one equation, ``None`` for the rest."""
     name, p = eqn.primitive.name, eqn.params
     if name == "conv_general_dilated":
-        return (name, tuple(map(tuple, p["padding"])), p["window_strides"], p["lhs_dilation"], p["rhs_dilation"])
+        return (
+            name,
+            tuple(map(tuple, p["padding"])),
+            p["window_strides"],
+            p["lhs_dilation"],
+            p["rhs_dilation"],
+        )
     if name.startswith("reduce_window"):
         return (name, tuple(map(tuple, p["padding"])), p["window_strides"], p["base_dilation"])
     if name == "pad":

@@ -355,7 +355,11 @@ class _Interpreter:
             if tap is not None:
                 var = jaxpr.outvars[eqn.outvars.index(tap.var)]
                 computed = not isinstance(var, jcore.Literal) and var not in jaxpr.invars
-                inner = Tap(var, tap.delta) if computed and isinstance(var, jcore.Var) and var not in jaxpr.constvars else None
+                inner = (
+                    Tap(var, tap.delta)
+                    if computed and isinstance(var, jcore.Var) and var not in jaxpr.constvars
+                    else None
+                )
             return self.run(jaxpr, consts, invals, flags, where + (_label(eqn),), inner)
         if not any(flags):
             return bind(eqn, invals), [False] * len(eqn.outvars), False

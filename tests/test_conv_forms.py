@@ -139,5 +139,12 @@ def test_max_pool_becomes_average_pooling_under_the_rf_preparation(size, strides
     assert np.isfinite(np.asarray(y)).all()
     got = np.asarray(pull(jnp.ones_like(y))[0]) > 0
     ref = lax.reduce_window(x, 0.0, lax.add, win, st, padding)  # same windows, every tap
-    want = np.asarray(jax.vjp(lambda x: lax.reduce_window(x, 0.0, lax.add, win, st, padding), x)[1](jnp.ones_like(ref))[0]) > 0
+    want = (
+        np.asarray(
+            jax.vjp(lambda x: lax.reduce_window(x, 0.0, lax.add, win, st, padding), x)[1](jnp.ones_like(ref))[
+                0
+            ]
+        )
+        > 0
+    )
     np.testing.assert_array_equal(got, want)

@@ -23,7 +23,10 @@ def conv_stack(params, x):
 
 def random_kernels(depth, channels=8, seed=0):
     rng = np.random.default_rng(seed)
-    return [jnp.asarray(rng.normal(size=(3, 3, channels, channels)) / np.sqrt(9 * channels), jnp.float32) for _ in range(depth)]
+    return [
+        jnp.asarray(rng.normal(size=(3, 3, channels, channels)) / np.sqrt(9 * channels), jnp.float32)
+        for _ in range(depth)
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +81,13 @@ def test_batch_average_equals_per_input_gradients():
     k2 = jnp.asarray(rng.normal(size=(3, 3, 4, 3)), jnp.float32)
 
     def relu_net(x):
-        return lax.conv_general_dilated(jax.nn.relu(lax.conv_general_dilated(x, k1, (1, 1), "VALID", dimension_numbers=DN)), k2, (2, 2), "VALID", dimension_numbers=DN)
+        return lax.conv_general_dilated(
+            jax.nn.relu(lax.conv_general_dilated(x, k1, (1, 1), "VALID", dimension_numbers=DN)),
+            k2,
+            (2, 2),
+            "VALID",
+            dimension_numbers=DN,
+        )
 
     xs = rng.normal(size=(5, 19, 19, 2)).astype(np.float32)
     e = effective_rf(relu_net, xs, cell=(3, 5), channels=[0, 2])

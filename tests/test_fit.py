@@ -37,7 +37,9 @@ def test_non_square_kernel_and_per_axis_stride(method):
     # one 5x3 valid conv with stride (2, 3): size (5, 3), stride (2, 3), cell 0 spans
     # rows [0, 5) and columns [0, 3): offset (2.5, 1.5), padding 0.
     rf = rfjax.receptive_field(lambda x: conv(x, (5, 3), (2, 3)), (21, 31, 1), method=method)
-    assert rf.size == HW(5, 3) and rf.stride == HW(2, 3) and rf.offset == HW(2.5, 1.5) and rf.padding == HW(0, 0)
+    assert (
+        rf.size == HW(5, 3) and rf.stride == HW(2, 3) and rf.offset == HW(2.5, 1.5) and rf.padding == HW(0, 0)
+    )
     assert rf.output_shape == HW(9, 10)
 
 
@@ -45,7 +47,9 @@ def test_non_square_kernel_and_per_axis_stride(method):
 def test_same_padding(method):
     # 3x3 'same', stride 1: cell 0 is centred on pixel 0 -> offset 0.5, P = 1.
     rf = rfjax.receptive_field(lambda x: conv(x, (3, 3), padding="SAME"), (10, 12, 1), method=method)
-    assert rf.size == HW(3, 3) and rf.stride == HW(1, 1) and rf.offset == HW(0.5, 0.5) and rf.padding == HW(1, 1)
+    assert (
+        rf.size == HW(3, 3) and rf.stride == HW(1, 1) and rf.offset == HW(0.5, 0.5) and rf.padding == HW(1, 1)
+    )
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -53,7 +57,9 @@ def test_asymmetric_same_padding_with_even_kernel_and_stride(method):
     # TF/JAX 'same' on n=10, k=4, s=2: out 5, total pad (5-1)*2+4-10 = 2, top pad 1.
     # Cell 0 covers pixels [-1, 3) -> centre 1.0, size 4, P = 1.
     rf = rfjax.receptive_field(lambda x: conv(x, (4, 4), (2, 2), padding="SAME"), (10, 10, 1), method=method)
-    assert rf.size == HW(4, 4) and rf.stride == HW(2, 2) and rf.offset == HW(1.0, 1.0) and rf.padding == HW(1, 1)
+    assert (
+        rf.size == HW(4, 4) and rf.stride == HW(2, 2) and rf.offset == HW(1.0, 1.0) and rf.padding == HW(1, 1)
+    )
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -123,7 +129,9 @@ def test_cells_clipped_inside_the_border_are_not_fitted():
     # support stops short of the border (Inception-stem pattern): size 7, stride 2,
     # P = 2, offset 1.5 (found by the property tests)
     rf = rfjax.receptive_field(lambda x: conv(conv(x, (3, 3), (2, 2)), (3, 3), padding="SAME"), (32, 32, 1))
-    assert rf.size == HW(7, 7) and rf.stride == HW(2, 2) and rf.offset == HW(1.5, 1.5) and rf.padding == HW(2, 2)
+    assert (
+        rf.size == HW(7, 7) and rf.stride == HW(2, 2) and rf.offset == HW(1.5, 1.5) and rf.padding == HW(2, 2)
+    )
 
 
 def relu_maxpool_net(params, x):

@@ -57,6 +57,10 @@ def test_prepared_nnx_model_has_the_closed_form_rf():
     model = ReluBnNet(nnx.Rngs(0))
     before = jax.tree_util.tree_map(np.asarray, nnx.state(model))
     rf = rfjax.receptive_field(model, (41, 41, 3))
-    assert rf.size == HW(9, 9) and rf.stride == HW(4, 4) and rf.offset == HW(2.5, 2.5) and rf.padding == HW(2, 2)
+    assert (
+        rf.size == HW(9, 9) and rf.stride == HW(4, 4) and rf.offset == HW(2.5, 2.5) and rf.padding == HW(2, 2)
+    )
     after = jax.tree_util.tree_map(np.asarray, nnx.state(model))
-    assert jax.tree_util.tree_all(jax.tree_util.tree_map(np.array_equal, before, after))  # the model is untouched
+    assert jax.tree_util.tree_all(
+        jax.tree_util.tree_map(np.array_equal, before, after)
+    )  # the model is untouched

@@ -94,7 +94,10 @@ def test_small_variant_all_cells_match_tf_batched_tape():
     expected = tf_ways.batched_tape(model)
     assert expected.shape == (8, 8, 64, 64)
     maps = rfjax.gradient_maps(
-        rfjax_ways.readme_net, rfjax_ways.ones_input(SMALL), params=rfjax_ways.readme_params(), input_channels="sum"
+        rfjax_ways.readme_net,
+        rfjax_ways.ones_input(SMALL),
+        params=rfjax_ways.readme_params(),
+        input_channels="sum",
     )
     _close(maps.maps, expected)
 

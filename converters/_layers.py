@@ -93,6 +93,7 @@ def _axes(config: dict, key: str = "axis") -> list[int]:
     "AlphaDropout",
     "StochasticDepth",
     "ActivityRegularization",
+    unread=("data_format",),  # the identity has no layout
 )
 def passthrough(config: dict, weights: dict, rf: bool):
     """Layers that are the identity at inference."""
@@ -126,18 +127,24 @@ def _depthwise_kernel(kernel: np.ndarray) -> np.ndarray:
     return kernel.reshape(kh, kw, 1, c * m)
 
 
-def _depthwise(x: jax.Array, kernel: jax.Array, config: dict) -> jax.Array:
-    groups = kernel.shape[-1] // int(config.get("depth_multiplier", 1))
+def _depthwise(config: dict) -> Callable[[jax.Array, jax.Array], jax.Array]:
+    """``(x, grouped kernel) -> depthwise convolution`` with the layer's settings (read now)."""
+    multiplier, cf = int(config.get("depth_multiplier", 1)), _channels_first(config)
     strides, dilation = config_pair(config["strides"]), config_pair(config["dilation_rate"])
-    return conv(x, kernel, strides, config["padding"].upper(), dilation, groups, _channels_first(config))
+    padding = config["padding"].upper()
+
+    def run(x: jax.Array, kernel: jax.Array) -> jax.Array:
+        return conv(x, kernel, strides, padding, dilation, kernel.shape[-1] // multiplier, cf)
+
+    return run
 
 
 @register("DepthwiseConv2D")
 def depthwise_conv2d(config: dict, weights: dict, rf: bool):
-    cf, act = _channels_first(config), activation(config.get("activation"), rf)
+    cf, act, depthwise = _channels_first(config), activation(config.get("activation"), rf), _depthwise(config)
 
     def apply(p, x):
-        y = _depthwise(x, p["kernel"], config)
+        y = depthwise(x, p["kernel"])
         return act(_add_channels(y, p["bias"], cf) if "bias" in p else y)
 
     return apply, _kernel_params(config, weights, rf, _depthwise_kernel(weights["kernel"]))
@@ -145,13 +152,13 @@ def depthwise_conv2d(config: dict, weights: dict, rf: bool):
 
 @register("SeparableConv2D")
 def separable_conv2d(config: dict, weights: dict, rf: bool):
-    cf, act = _channels_first(config), activation(config.get("activation"), rf)
-    depthwise = _depthwise_kernel(weights["depthwise_kernel"])
+    cf, act, depthwise = _channels_first(config), activation(config.get("activation"), rf), _depthwise(config)
+    kernel = _depthwise_kernel(weights["depthwise_kernel"])
     params = _kernel_params(config, weights, rf, weights["pointwise_kernel"], "pointwise_kernel")
-    params["depthwise_kernel"] = _rf_kernel(depthwise) if rf else depthwise
+    params["depthwise_kernel"] = _rf_kernel(kernel) if rf else kernel
 
     def apply(p, x):
-        y = _depthwise(x, p["depthwise_kernel"], config)
+        y = depthwise(x, p["depthwise_kernel"])
         y = conv(y, p["pointwise_kernel"], (1, 1), "VALID", channels_first=cf)
         return act(_add_channels(y, p["bias"], cf) if "bias" in p else y)
 
@@ -184,12 +191,13 @@ def conv2d_transpose(config: dict, weights: dict, rf: bool):
     out_pad = config.get("output_padding")
     out_pad = (None, None) if out_pad is None else config_pair(out_pad)
     kernel = np.ascontiguousarray(weights["kernel"].transpose(0, 1, 3, 2))  # (kh, kw, C_in, filters)
+    padding, axes, layout = config["padding"], _spatial_axes(config), _layout(config)
 
     def apply(p, x):
         kh, kw = p["kernel"].shape[:2]
-        h, w = (x.shape[a] for a in _spatial_axes(config))
-        _, pad_h = _transpose_padding(h, kh, strides[0], dilation[0], config["padding"], out_pad[0])
-        _, pad_w = _transpose_padding(w, kw, strides[1], dilation[1], config["padding"], out_pad[1])
+        h, w = (x.shape[a] for a in axes)
+        _, pad_h = _transpose_padding(h, kh, strides[0], dilation[0], padding, out_pad[0])
+        _, pad_w = _transpose_padding(w, kw, strides[1], dilation[1], padding, out_pad[1])
         y = lax.conv_general_dilated(
             x,
             p["kernel"][::-1, ::-1],
@@ -197,7 +205,7 @@ def conv2d_transpose(config: dict, weights: dict, rf: bool):
             (pad_h, pad_w),
             lhs_dilation=strides,
             rhs_dilation=dilation,
-            dimension_numbers=_layout(config),
+            dimension_numbers=layout,
         )
         return act(_add_channels(y, p["bias"], cf) if "bias" in p else y)
 
@@ -224,9 +232,17 @@ def _pool_args(config: dict):
     return _window(config, size), _window(config, strides), config["padding"].upper()
 
 
-def _avg_pool(x: jax.Array, config: dict) -> jax.Array:
-    """Keras average pooling: 'same' windows average only the real (unpadded) cells."""
+def _avg_pool(config: dict) -> Callable[[Params, jax.Array], jax.Array]:
+    """Keras average pooling ``(params, x) -> pooled`` with the layer's settings (read now)."""
     window, strides, padding = _pool_args(config)
+    axes = _spatial_axes(config)
+    return lambda p, x: _avg_pooled(x, window, strides, padding, axes)
+
+
+def _avg_pooled(
+    x: jax.Array, window: tuple, strides: tuple, padding: str, axes: tuple[int, int]
+) -> jax.Array:
+    """Average pooling: 'same' windows average only the real (unpadded) cells."""
     total = lax.reduce_window(x, 0.0, lax.add, window, strides, padding)
     if padding == "VALID":
         return total / math.prod(window)
@@ -234,7 +250,7 @@ def _avg_pool(x: jax.Array, config: dict) -> jax.Array:
     # constants (a reduce_window over ones would be constant-folded by XLA, which
     # takes seconds on large inputs).
     counts = np.ones([1] * x.ndim, np.float32)
-    for a in _spatial_axes(config):
+    for a in axes:
         n, k, st = x.shape[a], window[a], strides[a]
         ((lo, _),) = lax.padtype_to_pads((n,), (k,), (st,), "SAME")
         start = np.arange(total.shape[a]) * st - lo
@@ -246,14 +262,14 @@ def _avg_pool(x: jax.Array, config: dict) -> jax.Array:
 @register("MaxPooling2D")
 def max_pooling2d(config: dict, weights: dict, rf: bool):
     if rf:
-        return (lambda p, x: _avg_pool(x, config)), {}
+        return _avg_pool(config), {}
     window, strides, padding = _pool_args(config)
     return (lambda p, x: max_pool(x, window, strides, padding)), {}
 
 
 @register("AveragePooling2D")
 def average_pooling2d(config: dict, weights: dict, rf: bool):
-    return (lambda p, x: _avg_pool(x, config)), {}
+    return _avg_pool(config), {}
 
 
 @register("GlobalAveragePooling2D")
@@ -333,7 +349,7 @@ def rms_normalization(config: dict, weights: dict, rf: bool):
     return apply, {"scale": weights["scale"]}
 
 
-@register("Normalization")
+@register("Normalization", unread=("axis", "mean", "variance"))  # the broadcast-shaped weights hold them
 def normalization(config: dict, weights: dict, rf: bool):
     """``(x - mean) / max(sqrt(var), 1e-7)`` (or its inverse); ``weights`` hold the
     layer's broadcast-shaped ``mean`` and ``variance``."""
@@ -461,8 +477,10 @@ def reshape(config: dict, weights: dict, rf: bool):
 
 @register("Flatten")
 def flatten(config: dict, weights: dict, rf: bool):
+    cf = _channels_first(config)
+
     def apply(p, x):
-        if _channels_first(config) and x.ndim > 2:
+        if cf and x.ndim > 2:
             x = jnp.moveaxis(x, 1, -1)
         return jnp.reshape(x, (x.shape[0], -1))
 
@@ -546,7 +564,7 @@ def custom_scale_layer(config: dict, weights: dict, rf: bool):
     return (lambda p, xs: xs[0] + xs[1] * scale), {}
 
 
-@register("LayerScale")
+@register("LayerScale", unread=("init_values", "projection_dim"))  # gamma holds both
 def layer_scale(config: dict, weights: dict, rf: bool):
     """ConvNeXt's per-channel scale ``x * gamma`` (``gamma`` = 1 in RF mode)."""
     gamma = weights["gamma"]

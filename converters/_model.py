@@ -12,10 +12,11 @@ import numpy as np
 from converters import _collapse
 from converters._geometry import rf_bounds
 from converters._graph import Graph, Ref, map_refs, refs_in
-from converters._registry import check_name, lookup, supported_layers
+from converters._honoured import Tracked, ignored, tracked
+from converters._registry import check_name, lookup, supported_layers, unread_keys
 from rfjax._types import HW
 from rfjax.contract import ConvertedModel, RFBound
-from rfjax.errors import RFError
+from rfjax.errors import RFError, RFUnhandledSetting
 from rfjax.prepare import support_only
 
 
@@ -35,10 +36,15 @@ def _build(
         cfg, weights = layer.config, layer.weights
         if one_channel:
             cfg, weights = _collapse.config(cfg), {k: _collapse.weight(w) for k, w in weights.items()}
+        seen = tracked(cfg)
         try:
-            fns[key], p = convert(cfg, weights, rf)
+            fns[key], p = convert(seen, weights, rf)
             if one_channel:
                 fns[key] = _collapse.wrap(layer.class_name, cfg, fns[key])
+            if not rf:  # the plain conversion reads every setting that changes the result
+                _check_honoured(key, layer.class_name, seen, unread_keys(layer.lookup))
+        except RFUnhandledSetting:
+            raise
         except RFError as e:
             raise RFError(f"layer {key!r} ({layer.class_name}): {e}") from e
         except (KeyError, TypeError, ValueError) as e:
@@ -50,6 +56,21 @@ def _build(
     # one transfer for the whole tree: jnp.asarray per weight compiled a conversion
     # program per weight shape (0.9 s of InceptionV3's 1.1 s conversion)
     return fns, jax.device_put(params)
+
+
+def _check_honoured(key: str, class_name: str, config: Tracked, unread: frozenset[str]) -> None:
+    """Refuse (:class:`RFUnhandledSetting`) the settings of layer ``key`` that its converter
+    did not read (see :mod:`converters._honoured`)."""
+    missed = ignored(config, unread)
+    if missed:
+        settings = ", ".join(f"{k}={dict.__getitem__(config, k)!r}" for k in missed)
+        raise RFUnhandledSetting(
+            f"layer {key!r} ({class_name}) sets {settings}, which its converter does not implement; "
+            f"convert a model without it, or register a converter that handles it "
+            f"(converters.register({class_name!r}, replace=True)).",
+            key,
+            missed,
+        )
 
 
 def _host_array(v: Any) -> Any:

@@ -30,13 +30,21 @@ Apply = Callable[..., Any]
 Converter = Callable[[dict, dict, bool], tuple[Apply, Params]]
 
 _REGISTRY: dict[str, Converter] = {}
+_UNREAD: dict[str, frozenset[str]] = {}
 
 
-def register(*names: str, replace: bool = False) -> Callable[[Converter], Converter]:
+def register(
+    *names: str, replace: bool = False, unread: Sequence[str] = ()
+) -> Callable[[Converter], Converter]:
     """Decorator registering ``convert(config, weights, rf) -> (apply, params)`` under
     one or more Keras class names. A name that is already registered is refused
     (:class:`RFError`) unless ``replace=True``: two converters for one layer would make
-    the answer depend on import order."""
+    the answer depend on import order.
+
+    The converter must read every config key that changes the layer's result when it
+    converts (a key it never reads is refused at conversion, see
+    :mod:`converters._honoured`); ``unread`` names the keys of these layers that it may
+    leave unread because the weights already fix them (say why next to the call)."""
     taken = [n for n in names if n in _REGISTRY and not replace]
     if taken:
         raise RFError(
@@ -46,6 +54,7 @@ def register(*names: str, replace: bool = False) -> Callable[[Converter], Conver
     def deco(fn: Converter) -> Converter:
         for name in names:
             _REGISTRY[name] = fn
+            _UNREAD[name] = frozenset(unread)
         return fn
 
     return deco
@@ -57,6 +66,14 @@ def lookup(keys: tuple[str, ...]) -> Converter | None:
         if key in _REGISTRY:
             return _REGISTRY[key]
     return None
+
+
+def unread_keys(keys: tuple[str, ...]) -> frozenset[str]:
+    """The keys the converter of the first registered key in ``keys`` may leave unread."""
+    for key in keys:
+        if key in _REGISTRY:
+            return _UNREAD[key]
+    return frozenset()
 
 
 def supported_layers() -> list[str]:

@@ -28,8 +28,9 @@ from rfjax.arch_sweep import Arch, sweep
 from rfjax.contract import ConvertedModel, RFBound, clear_caches, resolve_model
 from rfjax.engine import gradient_maps
 from rfjax.erf import EffectiveRF, effective_rf
-from rfjax.errors import RFDataDependent, RFError, RFGlobal, RFTooLarge, RFUnsupported
+from rfjax.errors import RFDataDependent, RFError, RFGlobal, RFTooLarge, RFUnhandledSetting, RFUnsupported
 from rfjax.fit import fit_maps, receptive_field
+from rfjax.layer_plot import plot_sweep
 from rfjax.layer_sweep import LayerRF, plot_layers, save_rows, sweep_layers
 from rfjax.prepare import linearize, prepare_params
 
@@ -46,6 +47,7 @@ __all__ = [
     "RFError",
     "RFGlobal",
     "RFTooLarge",
+    "RFUnhandledSetting",
     "RFUnsupported",
     "ReceptiveField",
     "cam",
@@ -59,6 +61,7 @@ __all__ = [
     "layer_cam",
     "linearize",
     "plot_layers",
+    "plot_sweep",
     "prepare_params",
     "receptive_field",
     "resolve_model",

@@ -21,7 +21,6 @@ import contextlib
 import dataclasses
 import difflib
 import errno
-import functools
 import json
 import os
 import re
@@ -453,7 +452,12 @@ def _measure(run: _Run, arch: Arch, shape: tuple[int, int, int], model: Any, t0:
     todo = [lay for lay in layers if _key(arch.name, lay, shape) not in run.done] if layers else None
     if layers and not todo:
         return  # its layers, known only once built, were all measured before
-    on_row = functools.partial(run.record, arch, shape, t0)
+    # depth = the layer's place among all the layers asked for, also when a resumed run sweeps only the rest
+    place = {lay: i for i, lay in enumerate(layers or ())}
+
+    def on_row(row: Any) -> None:
+        run.record(arch, shape, t0, dataclasses.replace(row, depth=place.get(row.layer, row.depth)))
+
     rows = sweep_layers(
         model if converted is None else converted,
         shape,

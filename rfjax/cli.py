@@ -147,7 +147,8 @@ def _sweep(args: argparse.Namespace) -> int:
         )
     archs = load_spec(args.spec)
     if args.processes is not None and args.processes > 1:
-        return _launch_sweep(args)
+        code = _launch_sweep(args)
+        return _plot_sweep(args) if code == 0 else code
     if args.coordinator is not None:
         from rfjax.distributed import initialize
 
@@ -163,6 +164,16 @@ def _sweep(args: argparse.Namespace) -> int:
     )
     for r in failed:
         print(f"  {r['arch']} {'x'.join(map(str, r['input']))}: {r['error']}")
+    return _plot_sweep(args)
+
+
+def _plot_sweep(args: argparse.Namespace) -> int:
+    """``--plot FILE``: RF size against depth per architecture, from the finished --out."""
+    if args.plot:
+        from rfjax.layer_plot import plot_sweep
+
+        plot_sweep(args.out, save=args.plot)
+        print(f"plot: {args.plot}")
     return 0
 
 
@@ -332,6 +343,9 @@ def _add_sweep(sub: Any) -> None:
         "--out", default="rf_sweep.jsonl", help="JSON-lines results file (default: rf_sweep.jsonl)"
     )
     sw.add_argument("--quiet", action="store_true", help="no progress bar")
+    sw.add_argument(
+        "--plot", metavar="FILE", help="also draw RF size against depth per architecture (PNG, SVG...)"
+    )
     sw.add_argument(
         "--max-input",
         type=int,

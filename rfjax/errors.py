@@ -89,6 +89,21 @@ class RFDataDependent(RFUnsupported):
     the RF would only be that of the branch taken at the constant input."""
 
 
+class RFUnhandledSetting(RFError):
+    """A layer setting (config key) that the layer's converter does not implement and that
+    would change the layer's result: the conversion is refused rather than silently wrong.
+
+    Attributes:
+      layer: the layer's name in the model.
+      keys: the config keys the converter would have ignored.
+    """
+
+    def __init__(self, message: str, layer: str, keys: list[str]):
+        super().__init__(message)
+        self.layer = layer
+        self.keys = keys
+
+
 def output_label(name: object) -> str:
     """How a message names an output: ``"the output"`` for a function's only one (``name``
     ``None``), else ``"output 'name'"``."""

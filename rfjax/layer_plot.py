@@ -113,14 +113,7 @@ def plot_layers(rows: Sequence[LayerRF], *, save: str | os.PathLike | None = Non
     more = right.get_legend_handles_labels()
     ax.legend(handles[0] + more[0], handles[1] + more[1], fontsize=8, loc="upper left")
     ax.set_title(f"Receptive field by layer ({len(rows)} layers)")
-    if save is not None:
-        try:
-            fig.savefig(save, dpi=100)
-        except OSError as e:
-            raise RFError(
-                f"save={os.fspath(save)!r} cannot be written ({e.strerror}); pass a writable path."
-            ) from e
-    return fig
+    return _save(fig, save)
 
 
 def _mark_bounds(ax: Any, rows: Sequence[LayerRF], depth: np.ndarray) -> None:
@@ -135,3 +128,74 @@ def _mark_bounds(ax: Any, rows: Sequence[LayerRF], depth: np.ndarray) -> None:
         ax.plot(
             depth[glob], at[glob], ls="none", marker="x", color="tab:red", label="global branch", gid="global"
         )
+
+
+def _arch_curves(rows: Sequence[dict]) -> dict[str, tuple[np.ndarray, np.ndarray, bool]]:
+    """Per architecture and input (``"VGG16 224x224x3"``, or the name alone when every
+    entry has one input): ``(depth, RF size, marked global)`` of its measured layers in
+    depth order; the size is the larger of h and w."""
+    per: dict[tuple[str, str], list[dict]] = {}
+    for r in rows:
+        if r.get("status") == "ok" and r.get("size_h") is not None and "layer" in r:
+            per.setdefault((r["arch"], "x".join(map(str, r["input"]))), []).append(r)
+    inputs: dict[str, set[str]] = {}
+    for arch, shape in per:
+        inputs.setdefault(arch, set()).add(shape)
+    curves = {}
+    for (arch, shape), got in per.items():
+        got.sort(key=lambda r: r.get("depth", 0))
+        label = arch if len(inputs[arch]) == 1 else f"{arch} {shape}"
+        depth = np.array([r.get("depth", 0) for r in got], float)
+        size = np.array([max(r["size_h"], r["size_w"]) for r in got], float)
+        curves[label] = (depth, size, bool(got[-1].get("global")))
+    return curves
+
+
+def plot_sweep(rows: Sequence[dict] | str | os.PathLike, *, save: str | os.PathLike | None = None) -> Any:
+    """RF size against depth, one line per architecture, from an ``rfjax sweep`` file.
+
+    Args:
+      rows: the sweep's rows (:func:`rfjax.arch_sweep.read_rows`) or the path of its
+        ``--out`` file. Rows that are not measured (``larger``, ``global``, errors) are left out.
+      save: a file to write (PNG, PDF, SVG, ...), optional.
+
+    Returns:
+      A matplotlib ``Figure`` of :data:`FIGSIZE`: x is the layer depth (the layer's index
+      in the swept order), y the RF size (larger of h and w, log axis). Each architecture's
+      line has ``gid`` ``"arch:<label>"`` and ends in a marker at its final (deepest)
+      layer, labelled with its RF size in the legend; a sweep of final layers only gives
+      one marker per architecture.
+    """
+    from matplotlib.figure import Figure
+
+    from rfjax.arch_sweep import read_rows
+
+    if isinstance(rows, (str, os.PathLike)):
+        rows = read_rows(rows)
+    curves = _arch_curves(rows)
+    if not curves:
+        raise RFError("the sweep has no measured layer rows to plot (status 'ok').")
+    fig = Figure(figsize=FIGSIZE, layout="constrained")
+    ax = fig.add_subplot()
+    for label, (depth, size, glob) in sorted(curves.items(), key=lambda kv: -kv[1][1][-1]):
+        (line,) = ax.plot(depth, size, lw=1.2, gid=f"arch:{label}")
+        end = f"{size[-1]:g}" + (" (global)" if glob else "")
+        ax.plot(depth[-1:], size[-1:], marker="o", color=line.get_color(), ls="none", label=f"{label}: {end}")
+    ax.set_yscale("log")
+    ax.set_xlabel("layer depth")
+    ax.set_ylabel("RF size (pixels, log)")
+    ax.set_title(f"Receptive field by depth ({len(curves)} architectures)")
+    ax.legend(fontsize=7, ncols=2 if len(curves) > 8 else 1, loc="upper left")
+    return _save(fig, save)
+
+
+def _save(fig: Any, save: str | os.PathLike | None) -> Any:
+    """Write ``fig`` to ``save`` (format from its suffix) when given; ``fig``."""
+    if save is not None:
+        try:
+            fig.savefig(save, dpi=100)
+        except OSError as e:
+            raise RFError(
+                f"save={os.fspath(save)!r} cannot be written ({e.strerror}); pass a writable path."
+            ) from e
+    return fig

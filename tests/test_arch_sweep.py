@@ -10,6 +10,7 @@ from jax import lax
 
 from rfjax import RFError
 from rfjax.arch_sweep import FORMAT, Arch, load_spec, read_rows, sweep
+from rfjax.layer_plot import plot_sweep
 
 DN = ("NHWC", "HWIO", "NHWC")
 
@@ -264,6 +265,15 @@ def test_all_layers_of_a_converted_model_one_row_each_and_resumable(tmp_path):
     assert by["c1"]["size_h"] == 3 and by["r1"]["size_h"] == 3 and by["c2"]["size_h"] == 7  # 3 + 4
     again = sweep([Arch("tiny", "all", ((20, 20, 1),), build)], out, progress=False)
     assert len(again) == 3 and len(out.read_text().splitlines()) == 1 + 3
+    # a crash before the last row: the resumed run measures only c2 and keeps its depth
+    out.write_text("\n".join(out.read_text().splitlines()[:-1]) + "\n")
+    resumed = {
+        r["layer"]: r for r in sweep([Arch("tiny", "all", ((20, 20, 1),), build)], out, progress=False)
+    }
+    assert [resumed[k]["depth"] for k in ("c1", "r1", "c2")] == [0, 1, 2] and resumed["c2"]["size_h"] == 7
+    fig = plot_sweep(out)
+    (line,) = [ln for ln in fig.axes[0].lines if ln.get_gid() == "arch:tiny"]
+    assert list(line.get_xdata()) == [0, 1, 2] and list(line.get_ydata()) == [3, 3, 7]
 
 
 def test_layers_all_on_a_plain_function_and_bad_layers_are_one_sentence(tmp_path):

@@ -23,7 +23,7 @@ from keras import layers, ops
 from keras_fixtures import assert_unchanged, randomize_normalization, rel_error, weights_snapshot
 
 import converters
-from rfjax.errors import RFError
+from rfjax.errors import RFError, RFUnhandledSetting
 
 TOLERANCE = 1e-5
 
@@ -693,3 +693,60 @@ def test_registering_a_taken_name_is_refused_unless_replace_is_asked():
         @converters.register("Conv2D")
         def other(config, weights, rf):
             return (lambda p, x: x), {}
+
+
+def test_a_setting_the_converter_does_not_implement_is_refused_by_name():
+    # LoRA adds lora_kernel_a @ lora_kernel_b to the kernel in Keras' own forward pass;
+    # the Dense converter reads only `kernel`, so it must refuse, naming the layer and key.
+    inp = keras.Input((6, 6, 3))
+    dense = layers.Dense(3, name="head")
+    model = keras.Model(inp, dense(layers.GlobalAveragePooling2D()(layers.Conv2D(4, 3)(inp))))
+    dense.enable_lora(2)
+    with pytest.raises(RFUnhandledSetting) as err:
+        converters.from_keras(model)
+    assert err.value.layer == "head" and err.value.keys == ["lora_rank"]
+    assert "lora_rank=2" in _one_line(err) and "'head'" in _one_line(err)
+
+
+class Shifter(layers.Layer):
+    """Adds ``offset`` to its input; ``offset`` is a setting in its config."""
+
+    def __init__(self, offset=0.0, **kwargs):
+        super().__init__(**kwargs)
+        self.offset = offset
+
+    def call(self, x):
+        return x + self.offset
+
+    def get_config(self):
+        return {**super().get_config(), "offset": self.offset}
+
+
+def test_a_custom_converter_that_ignores_a_setting_is_refused_until_it_reads_it():
+    key = f"{Shifter.__module__}.{Shifter.__qualname__}"
+    model = seq((6, 6, 3), layers.Conv2D(4, 3), Shifter(offset=0.5, name="shift"))
+
+    @converters.register(key)
+    def sloppy(config, weights, rf):
+        return (lambda p, x: x), {}
+
+    with pytest.raises(RFUnhandledSetting, match=r"'shift' \(Shifter\) sets offset=0.5"):
+        converters.from_keras(model)
+
+    @converters.register(key, replace=True)
+    def careful(config, weights, rf):
+        offset = 0.0 if rf else float(config["offset"])
+        return (lambda p, x: x + offset), {}
+
+    check_parity(model)  # Keras' own forward pass, with the offset
+
+
+def test_a_setting_declared_unread_is_accepted():
+    key = f"{Shifter.__module__}.{Shifter.__qualname__}"
+
+    @converters.register(key, replace=True, unread=("offset",))
+    def ignoring(config, weights, rf):
+        return (lambda p, x: x), {}
+
+    converted = converters.from_keras(seq((6, 6, 3), layers.Conv2D(4, 3), Shifter(offset=0.5)))
+    assert converted.output_names

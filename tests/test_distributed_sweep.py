@@ -108,9 +108,11 @@ def test_two_processes_share_the_work_and_merge_each_row_once(spec, tmp_path):
         assert r["status"] == "ok" and measured(r) == analytic(want[key]), key
 
     before = out.read_bytes()
-    again = run_cli("sweep", str(spec), "--out", str(out), "--processes", "2", "--quiet")
+    plot = tmp_path / "depth.png"
+    again = run_cli("sweep", str(spec), "--out", str(out), "--processes", "2", "--quiet", "--plot", str(plot))
     assert again.returncode == 0, again.stderr[-2000:]
     assert out.read_bytes() == before  # resumed: nothing new measured, nothing duplicated
+    assert f"plot: {plot}" in again.stdout and plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 DN = ("NHWC", "HWIO", "NHWC")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from rfjax import HW, RFError
-from rfjax.layer_plot import FIGSIZE, MAX_TICKS, plot_layers, stage_ticks
+from rfjax.layer_plot import FIGSIZE, MAX_TICKS, plot_layers, plot_sweep, stage_ticks
 from rfjax.layer_sweep import LayerRF
 
 
@@ -100,3 +100,36 @@ def test_stage_ticks_leave_out_a_change_too_close_to_the_last_tick():
     # 100 layers; the stride changes at depth 1 (too close to the first tick) and at 50
     rows = [_row(d, (3, 3), (1 if d == 0 else 2 if d < 50 else 4,) * 2) for d in range(100)]
     assert stage_ticks(rows) == [0, 50]
+
+
+def _sweep_row(arch, layer, depth, size, *, shape=(224, 224, 3), status="ok", global_=False):
+    row = {"key": f"{arch}|{layer}", "arch": arch, "input": list(shape), "layer": layer, "depth": depth}
+    row.update(status=status, size_h=size[0] if size else None, size_w=size[1] if size else None)
+    return row | {"global": global_}
+
+
+def test_sweep_figure_has_one_line_per_architecture_ending_at_its_final_layer():
+    rows = [
+        _sweep_row("Deep", "c2", 2, (9, 11)),  # out of order: drawn by depth
+        _sweep_row("Deep", "c0", 0, (3, 3)),
+        _sweep_row("Deep", "c1", 1, (5, 5)),
+        _sweep_row("Deep", "c3", 3, None, status="larger"),  # not measured: left out
+        _sweep_row("Flat", "f0", 0, (7, 7), global_=True),
+        {"arch": "Broken", "input": [224, 224, 3], "status": "error", "error": "no"},
+    ]
+    fig = plot_sweep(rows)
+    ax = fig.axes[0]
+    deep = _line(ax, "arch:Deep")
+    assert list(deep.get_xdata()) == [0, 1, 2] and list(deep.get_ydata()) == [3, 5, 11]  # larger of h, w
+    assert list(_line(ax, "arch:Flat").get_ydata()) == [7]
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels == ["Deep: 11", "Flat: 7 (global)"]  # largest final RF first
+    assert ax.get_yscale() == "log" and tuple(fig.get_size_inches()) == FIGSIZE
+
+
+def test_sweep_figure_names_the_input_when_an_architecture_has_several():
+    rows = [_sweep_row("Net", "c", 0, (5, 5)), _sweep_row("Net", "c", 0, (5, 5), shape=(96, 96, 3))]
+    ax = plot_sweep(rows).axes[0]
+    assert {ln.get_gid() for ln in ax.lines if ln.get_gid()} == {"arch:Net 224x224x3", "arch:Net 96x96x3"}
+    with pytest.raises(RFError, match="no measured layer rows"):
+        plot_sweep([{"arch": "Broken", "input": [1, 1, 1], "status": "error"}])

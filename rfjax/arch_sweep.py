@@ -17,10 +17,8 @@ whatever the number of processes of the earlier run.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import difflib
-import errno
 import json
 import os
 import re
@@ -33,6 +31,7 @@ from typing import Any, Literal
 from rfjax.contract import resolve_model
 from rfjax.errors import RFError, RFWriteError, cause
 from rfjax.growth import MAX_INPUT
+from rfjax.rowlog import RowLog, read_log
 
 FORMAT = "rfjax-sweep/2"  # 2: input_shape is the requested size, measured_shape where it was measured
 _SPEC_KEYS = ("name", "layers", "input_sizes", "grow")
@@ -193,100 +192,11 @@ def read_rows(out: str | os.PathLike) -> list[dict]:
     path = Path(out)
     rows, seen = [], set()
     for part in [path, *_shards(path)]:
-        for row in _read_file(part):
+        for row in read_log(part, FORMAT):
             if row["key"] not in seen:
                 seen.add(row["key"])
                 rows.append(row)
     return rows
-
-
-def _read_file(out: Path) -> list[dict]:
-    try:
-        lines = out.read_bytes().split(b"\n")
-    except FileNotFoundError:
-        return []
-    except OSError as e:
-        raise RFError(f"out={os.fspath(out)!r} cannot be read ({e.strerror}).") from e
-    if not lines or not lines[0].strip():
-        return []
-    try:
-        head = json.loads(lines[0])
-    except json.JSONDecodeError:
-        head = None
-    if not isinstance(head, dict) or head.get("format") != FORMAT:
-        found = head.get("format") if isinstance(head, dict) else "not a sweep file"
-        raise RFError(
-            f"out={os.fspath(out)!r} was not written by this sweep version ({found!r}, expected {FORMAT!r}); "
-            "pass a new file."
-        )
-    rows = []
-    for line in lines[1:]:
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            break  # an interrupted final write; it is rewritten on the next append
-    return rows
-
-
-class _Log:
-    """Append-only JSON-lines writer on an unbuffered file descriptor: every row written
-    whole, then fsync-ed; a failed write (disk full, I/O error) is cut back so the file
-    never ends in half a row, and is one :class:`RFWriteError` sentence. Nothing is
-    buffered in Python, so closing cannot fail on data a full disk refused."""
-
-    def __init__(self, out: Path):
-        self.path = out
-        try:
-            if out.is_dir():
-                raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), os.fspath(out))
-            self.fd = os.open(out, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as e:
-            raise RFWriteError(
-                f"out={os.fspath(out)!r} cannot be opened for writing ({e.strerror}); pass a writable file path."
-            ) from e
-        if os.fstat(self.fd).st_size == 0:
-            self._write({"format": FORMAT, "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
-        else:
-            self._trim_torn_tail()
-
-    def _trim_torn_tail(self) -> None:
-        data = self.path.read_bytes()
-        end = data.rfind(b"\n") + 1
-        if end < len(data):
-            self._cut(end, OSError(errno.EIO, "a torn last line could not be removed"))
-
-    def _cut(self, size: int, cause: OSError) -> None:
-        try:
-            os.ftruncate(self.fd, size)
-        except OSError as e:
-            raise RFWriteError(
-                f"out={os.fspath(self.path)!r} ends in half a row that could not be removed ({e.strerror}); "
-                "free space and run the same sweep again (the torn line is dropped on reading)."
-            ) from cause
-
-    def _write(self, *records: dict) -> None:
-        data = "".join(json.dumps(r) + "\n" for r in records).encode()
-        pos = os.lseek(self.fd, 0, os.SEEK_END)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(self.fd, view) :]
-            os.fsync(self.fd)
-        except OSError as e:
-            self._cut(pos, e)
-            raise RFWriteError(
-                f"writing out={os.fspath(self.path)!r} failed ({e.strerror}); every finished row before it is "
-                "saved: free space and run the same sweep again to resume."
-            ) from e
-
-    def append(self, *records: dict) -> None:
-        self._write(*records)
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            os.close(self.fd)
 
 
 @dataclasses.dataclass
@@ -295,7 +205,7 @@ class _Run:
     or now), the log it appends to, its process index and the sweep's options."""
 
     done: set[str]
-    log: _Log
+    log: RowLog
     index: int
     max_input: int
 
@@ -390,7 +300,7 @@ def sweep(
     archs_: list[Arch] = [Arch(a) if isinstance(a, str) else a for a in archs]
     path = Path(out)
     done = {r["key"] for r in read_rows(path)}
-    log = _Log(path if count == 1 else shard_path(path, index))
+    log = RowLog(path if count == 1 else shard_path(path, index), FORMAT)
     run = _Run(done, log, index, max_input)
     units = [(arch, shape) for arch in archs_ for shape in arch.input_sizes][index::count]
     bar = tqdm(units, unit="model", disable=not progress)
@@ -518,14 +428,14 @@ def merge_shards(out: str | os.PathLike) -> int:
     shards = _shards(path)
     if not shards:
         return 0
-    done = {r["key"] for r in _read_file(path)}
+    done = {r["key"] for r in read_log(path, FORMAT)}
     new = []
     for shard in shards:
-        for row in _read_file(shard):
+        for row in read_log(shard, FORMAT):
             if row["key"] not in done:
                 done.add(row["key"])
                 new.append(row)
-    log = _Log(path)
+    log = RowLog(path, FORMAT)
     try:
         if new:
             log.append(*new)

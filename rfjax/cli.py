@@ -7,6 +7,7 @@ the ``receptivefield`` package natively in Flax, prints its RF and saves two fig
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 import time
@@ -202,52 +203,37 @@ def _launch_sweep(args: argparse.Namespace) -> int:
     return code if code >= 0 else 128 - code
 
 
-def _read_image(path: str, hw: tuple[int, int], scale: float) -> np.ndarray:
-    import jax
-    import matplotlib.image
-
-    try:
-        img = np.asarray(matplotlib.image.imread(path), np.float32)
-    except (OSError, ValueError, SyntaxError) as e:
-        raise RFError(f"image {path!r} cannot be read ({type(e).__name__}); pass PNG or JPEG files.") from e
-    if img.dtype.kind == "f" and img.max() > 1.0:
-        img = img / 255.0
-    if img.ndim == 2:
-        img = img[..., None]
-    img = img[..., :3] if img.shape[-1] >= 3 else img
-    img = np.asarray(jax.image.resize(img, (hw[0], hw[1], img.shape[-1]), "bilinear"))
-    return img * scale
-
-
 def _cam(args: argparse.Namespace) -> int:
     import converters
     import rfjax
     from converters import keras_cam_layers, load_keras
-    from rfjax.plot_cam import cam_overlay
+    from rfjax.cam_files import describe, explain_files
 
     keras_model = load_keras(args.model, safe_mode=True)
     feature, dense = (args.layer, None) if args.layer else keras_cam_layers(keras_model)
     model = converters.from_keras(
         keras_model, outputs=[feature, dense] if dense else [feature, keras_model.output_names[0]]
     )
-    h, w, c = (int(v) for v in model.input_shape if v is not None)
-    images = np.stack([_read_image(p, (h, w), args.scale) for p in args.images])
-    if images.shape[-1] != c:
-        raise RFError(
-            f"the images have {images.shape[-1]} channels but {args.model} expects {c}; convert them first."
-        )
     method = "cam" if dense else "grad_cam"
     logits = dense or keras_model.output_names[0]
-    result = rfjax.class_activation_maps(
-        model, images, method=method, layer=feature, logits=logits, top_k=args.top_k
+    explain = functools.partial(
+        rfjax.class_activation_maps, model, method=method, layer=feature, logits=logits, top_k=args.top_k
     )
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    for n, path in enumerate(args.images):
-        target = out / f"{Path(path).stem}_cam.png"
-        cam_overlay(result, images / args.scale, image=n, save=target)
-        classes = ", ".join(f"{int(k)} ({p:.2f})" for k, p in zip(result.classes[n], result.probabilities[n]))
-        print(f"{path}: top classes {classes} -> {target}")
+    dims = [int(v) for v in model.input_shape or () if v is not None]
+    if len(dims) != 3:
+        raise RFError(f"{args.model} has a dynamic input size; save it with a fixed input shape (H, W, C).")
+    h, w, c = dims
+    run = explain_files(
+        explain,
+        args.images,
+        args.out,
+        input_shape=(h, w, c),
+        scale=args.scale,
+        batch=args.batch,
+        progress=not args.quiet,
+    )
+    for line in describe(run):
+        print(line)
     return 0
 
 
@@ -378,13 +364,21 @@ def _add_cam(sub: Any) -> None:
         "top classes of each image, placed at each feature cell's RF centre; images are resized to the model's input.",
     )
     c.add_argument("model", metavar="MODEL", help="a .keras/.h5 classifier file")
-    c.add_argument("images", metavar="IMAGES", nargs="+", help="PNG or JPEG files")
+    c.add_argument(
+        "images", metavar="IMAGES", nargs="+", help="PNG or JPEG files, folders of them, or glob patterns"
+    )
     c.add_argument("--layer", help="explain this conv layer with Grad-CAM instead of the CAM head")
     c.add_argument("--top-k", type=int, default=3, help="classes per image (default: 3)")
     c.add_argument(
         "--scale", type=float, default=255.0, help="pixel values are [0, 1] times this (default: 255)"
     )
-    c.add_argument("--out", default="rfjax-cam", help="folder for the overlays (default: ./rfjax-cam)")
+    c.add_argument(
+        "--out",
+        default="rfjax-cam",
+        help="folder for the overlays and cam.jsonl, one row per image; run again to resume (default: ./rfjax-cam)",
+    )
+    c.add_argument("--batch", type=int, default=16, help="images per compiled call (default: 16)")
+    c.add_argument("--quiet", action="store_true", help="no progress bar")
     c.set_defaults(func=_cam)
 
 

@@ -89,6 +89,10 @@ class RFDataDependent(RFUnsupported):
     the RF would only be that of the branch taken at the constant input."""
 
 
+class RFUnreadableImage(RFError):
+    """An image file that cannot be read, or whose channel count the model does not take."""
+
+
 class RFUnhandledSetting(RFError):
     """A layer setting (config key) that the layer's converter does not implement and that
     would change the layer's result: the conversion is refused rather than silently wrong.

@@ -11,10 +11,17 @@ import jax
 import numpy as np
 
 from rfjax.contract import on_clear
-from rfjax.errors import RFError
+from rfjax.errors import RFBadImages, RFError
 
 
 def check_images(images: Any) -> np.ndarray:
+    """``images`` as a float32 NHWC batch; one :class:`RFError` sentence for anything else
+    (:class:`RFBadImages` for mixed sizes and non-finite pixels)."""
+    if isinstance(images, (list, tuple)) and len({np.shape(i) for i in images}) > 1:
+        sizes = sorted({tuple(np.shape(i)) for i in images})
+        raise RFBadImages(
+            f"images holds images of different shapes {sizes[:3]}; resize them to one (H, W, C) before stacking."
+        )
     a = np.asarray(images)
     if a.dtype.kind not in "fiu":
         raise RFError(
@@ -26,7 +33,13 @@ def check_images(images: Any) -> np.ndarray:
         raise RFError(
             f"images has shape {np.shape(images)}; pass an NHWC batch (N, H, W, C) or one (H, W, C) image."
         )
-    return a.astype(np.float32)
+    a = a.astype(np.float32)
+    bad = ~np.isfinite(a).reshape(len(a), -1).all(axis=1)
+    if bad.any():
+        raise RFBadImages(
+            f"images {np.flatnonzero(bad)[:5].tolist()} hold NaN or infinite pixels; replace them, e.g. np.nan_to_num(images)."
+        )
+    return a
 
 
 def output_index(struct: Any, key: str | int, arg: str) -> int:
@@ -44,6 +57,14 @@ def output_index(struct: Any, key: str | int, arg: str) -> int:
 
 
 def check_classes(classes: Any, top_k: int, n: int, n_classes: int) -> np.ndarray | None:
+    """``(N, k)`` int32 classes to explain (``"all"``: every class in order), or ``None``
+    to take the ``top_k`` best logits."""
+    if isinstance(classes, str):
+        if classes != "all":
+            raise RFError(
+                f"classes={classes!r} is not 'all'; pass 'all', an int, a list of ints or (N, k) ints."
+            )
+        return np.ascontiguousarray(np.broadcast_to(np.arange(n_classes, dtype=np.int32), (n, n_classes)))
     if classes is None:
         if not isinstance(top_k, (int, np.integer)) or isinstance(top_k, bool) or not 1 <= top_k <= n_classes:
             raise RFError(

@@ -183,6 +183,12 @@ class KerasModel(ConvertedModel):
         ``Activation("softmax")`` gives the layer feeding it; a layer with a fused
         ``activation="softmax"`` (e.g. ``Dense``) is split: a copy of the model in which
         that layer's activation is linear, same weights (see :meth:`ConvertedModel.pre_softmax`)."""
+        key = ("pre_softmax", name, self.output_names, self._rf, self._hold)
+        if key not in self._derived:  # the same copy each time: its programs compile once
+            self._derived[key] = self._split_softmax(name)
+        return self._derived[key]
+
+    def _split_softmax(self, name: str) -> tuple[KerasModel, str] | None:
         ref = self._ref(self._check_name(name))
         node = next(n for n in self._graph.nodes if n.name == ref.node)
         layer = self._graph.layers[node.layer]

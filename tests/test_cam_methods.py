@@ -105,6 +105,11 @@ def test_api_explains_the_logits_before_the_softmax(softmax_layer, x):
     a, gs, _ = tf_grads(keras_logits_model(km), x, range(4))
     _close(r.maps, _tf_grad_cam(a, gs))
     np.testing.assert_allclose(r.probabilities, km.predict(x, verbose=0), rtol=1e-4, atol=1e-6)
+    from rfjax.memory import compile_count
+
+    size = compile_count()
+    rfjax.grad_cam(model, x[::-1].copy(), layer="feat", logits=last, classes="all")
+    assert compile_count() == size  # the split model is the same object each call
     feature, dense = converters.keras_cam_layers(km)  # a Dense softmax is accepted: it is split
     r = rfjax.cam(
         converters.from_keras(km, outputs=[feature, dense]), x, layer=feature, logits=dense, classes=1
@@ -113,8 +118,16 @@ def test_api_explains_the_logits_before_the_softmax(softmax_layer, x):
     _close(r.maps[:, 0], np.einsum("nijk,k->nij", a, w[:, 1]))
 
 
-@pytest.mark.parametrize(("softmax_layer", "layer"), [(True, "feat"), (False, "feat"), (False, None)])
-def test_cli_prints_keras_probabilities_and_explains_logits(softmax_layer, layer, tmp_path, capsys):
+@pytest.mark.parametrize(
+    ("softmax_layer", "layer", "extra"),
+    [
+        (True, "feat", []),
+        (False, "feat", ["--method", "xgrad_cam", "--smooth", "2"]),
+        (False, None, []),
+        (True, None, ["--method", "saliency"]),
+    ],
+)
+def test_cli_prints_keras_probabilities_and_explains_logits(softmax_layer, layer, extra, tmp_path, capsys):
     import matplotlib.image
 
     from rfjax.cli import main
@@ -126,7 +139,8 @@ def test_cli_prints_keras_probabilities_and_explains_logits(softmax_layer, layer
     matplotlib.image.imsave(tmp_path / "img.png", img)
     read = matplotlib.image.imread(tmp_path / "img.png")[..., :3] * 255.0
     args = ["cam", str(path), str(tmp_path / "img.png"), "--top-k", "2", "--out", str(tmp_path / "o")]
-    assert main(args + (["--layer", layer] if layer else [])) == 0
+    assert main(args + extra + (["--layer", layer] if layer else [])) == 0
+    assert (tmp_path / "o" / "img_cam.png").stat().st_size > 0
     printed = re.findall(r"(\d+) \(([\d.]+)\)", capsys.readouterr().out)
     p = km.predict(read[None].astype(np.float32), verbose=0)[0]
     best = np.argsort(-p)[:2]

@@ -56,6 +56,6 @@ def through_transposes(
         if not isinstance(source, jcore.Var) or source in jaxpr.invars or source in jaxpr.constvars:
             break
         if jnp.ndim(delta):
-            delta = jnp.transpose(delta, np.argsort(eqn.params["permutation"]))
+            delta = jnp.transpose(delta, [int(i) for i in np.argsort(eqn.params["permutation"])])
         target = source
     return target, delta

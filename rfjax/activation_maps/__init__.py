@@ -1,7 +1,8 @@
 """Class activation maps: CAM, Grad-CAM and variants on one pipeline, placed by receptive field.
 
 Modules: :mod:`~rfjax.activation_maps.methods` (the registry of methods), :mod:`~rfjax.activation_maps.pipeline`
-(the one compiled program), :mod:`~rfjax.activation_maps.tap` (gradients at any layer of any JAX
+(the one compiled program), :mod:`~rfjax.activation_maps.sampling` (its class, path and
+noise axes), :mod:`~rfjax.activation_maps.tap` (gradients at any layer of any JAX
 function), :mod:`~rfjax.activation_maps.placement` (RF-aware placement), :mod:`~rfjax.activation_maps.metrics`
 (boxes, IoU, pointing game), :mod:`~rfjax.activation_maps.inputs` (argument checks).
 

@@ -25,13 +25,23 @@ import numpy as np
 from rfjax import memory
 from rfjax._types import HW, ReceptiveField
 from rfjax.activation_maps import placement as placing
-from rfjax.activation_maps.inputs import check_classes, check_images, output_index
+from rfjax.activation_maps.inputs import (
+    check_classes,
+    check_images,
+    check_samples,
+    class_count,
+    feature_shape,
+    output_index,
+    output_shapes,
+    prng_key,
+)
 from rfjax.activation_maps.methods import HEAD_TOL, INPUT_METHODS
 from rfjax.activation_maps.methods import method as lookup_method
 from rfjax.activation_maps.result import CAMResult
+from rfjax.activation_maps.sampling import grads, path_mean, smoothed, weigh_all
 from rfjax.activation_maps.tap import tapped
 from rfjax.contract import as_function, on_clear, resolve_model
-from rfjax.errors import RFBadImages, RFError, RFNeedsHead, RFNotLogits, cause
+from rfjax.errors import RFError, RFNeedsHead, RFNotLogits
 
 
 @functools.lru_cache(maxsize=64)
@@ -56,13 +66,13 @@ def _program(
         n_classes = y.shape[-1]
         cls = classes if given else jax.lax.top_k(y, k)[1]
         if method == "integrated_gradients":
-            g = _path_mean(lambda xs: _grads(explain(params, xs)[1], cls, n_classes), x, samples)
-            maps = _weigh(weigh, a, g)
+            g = path_mean(lambda xs: grads(explain(params, xs)[1], cls, n_classes), x, samples)
+            maps = weigh_all(weigh, a, g)
         elif samples:
-            g, maps = _smoothed(explain, weigh, params, x, cls, n_classes, keys, noise, samples, method)
+            g, maps = smoothed(explain, weigh, params, x, cls, n_classes, keys, noise, samples, method)
         else:
-            g = _grads(vjp, cls, n_classes)  # (k, N, h, w, K)
-            maps = _weigh(weigh, a, g)
+            g = grads(vjp, cls, n_classes)  # (k, N, h, w, K)
+            maps = weigh_all(weigh, a, g)
         row_is_p = (y.min(axis=-1) >= 0) & (jnp.abs(y.sum(axis=-1) - 1) <= 1e-4)
         out = {
             "maps": maps,
@@ -74,9 +84,9 @@ def _program(
         }
         if method == "cam":
             # GAP + dense: the gradient is the same at every cell and does not depend on A.
-            g = _grads(vjp, cls, n_classes)
+            g = grads(vjp, cls, n_classes)
             out["spatial"] = jnp.abs(g - g.mean(axis=(2, 3), keepdims=True)).max()
-            out["affine"] = jnp.abs(_grads(explain(params, x, -a)[1], cls, n_classes) - g).max()
+            out["affine"] = jnp.abs(grads(explain(params, x, -a)[1], cls, n_classes) - g).max()
         return out
 
     return jax.jit(run)
@@ -112,44 +122,6 @@ def _explainer(fn: Callable, with_params: bool, layer: int, logits: int) -> Call
         return y.astype(jnp.float32), vjp, a.astype(jnp.float32)
 
     return explain
-
-
-def _grads(vjp: Callable, cls: jax.Array, n_classes: int) -> jax.Array:
-    """``(k, N, ...)``: the VJP of each explained class (``cls (N, k)``), one ``jax.vmap``."""
-    one = lambda c: vjp(jax.nn.one_hot(c, n_classes, dtype=jnp.float32))[0].astype(jnp.float32)
-    return jax.vmap(one, in_axes=1)(cls)
-
-
-def _weigh(weigh: Callable, a: jax.Array, g: jax.Array) -> jax.Array:
-    """``(N, k, h, w)``: the method applied to ``A`` and each class's gradient."""
-    return jnp.moveaxis(jax.vmap(lambda gj: weigh(a, gj))(g), 0, 1)
-
-
-def _path_mean(grads_at: Callable, x: jax.Array, steps: int) -> jax.Array:
-    """Integrated gradients' path average: the mean of ``grads_at((s / m) x)`` over
-    ``s = 1..m`` (black baseline, right Riemann sum), the ``m`` points one vmapped batch."""
-    alphas = jnp.arange(1, steps + 1, dtype=jnp.float32) / steps
-    return jax.vmap(lambda t: grads_at(t * x))(alphas).mean(axis=0)
-
-
-def _smoothed(explain, weigh, params, x, cls, n_classes, keys, noise, samples, method):
-    """SmoothGrad (Smilkov et al., "SmoothGrad: removing noise by adding noise", 2017):
-    ``samples`` copies of each image plus Gaussian noise of standard deviation
-    ``noise * (max(x_n) - min(x_n))`` (the image's range, as tf-keras-vis), drawn from the
-    image's own key (``keys (N, 2)``: the same noise whatever the chunking), one vmapped
-    batch. Saliency averages ``|G|`` over the copies before its channel maximum (as
-    tf-keras-vis); every other method averages its maps. Returns ``(mean |G|, maps)``."""
-    span = x.max(axis=(1, 2, 3)) - x.min(axis=(1, 2, 3))
-    eps = jax.vmap(lambda key: jax.random.normal(key, (samples,) + x.shape[1:]))(keys)
-    copies = jnp.moveaxis(x[:, None] + (noise * span)[:, None, None, None, None] * eps, 1, 0)
-
-    def one(xs):
-        _, vjp, a = explain(params, xs)
-        g = _grads(vjp, cls, n_classes)
-        return jnp.abs(g), (jnp.zeros(()) if method == "saliency" else _weigh(weigh, a, g))
-
-    g, maps = jax.tree.map(lambda v: v.mean(axis=0), jax.vmap(one)(copies))
-    return g, (_weigh(weigh, x, g) if method == "saliency" else maps)
 
 
 _BATCHED = ("maps", "upsampled", "classes", "probabilities")
@@ -256,16 +228,16 @@ def class_activation_maps(
     """
     lookup_method(method)
     on_input = method in INPUT_METHODS
-    samples = _check_samples(method, smooth, noise, steps)
+    samples = check_samples(method, smooth, noise, steps)
     model, logits = _logits_model(model, logits)
     fn, params = as_function(model, params)
     x = check_images(images)
-    struct = _shapes(fn, params, x, model)
+    struct = output_shapes(fn, params, x)
     li = -1 if on_input else output_index(struct, layer, "layer")
     yi = output_index(struct, logits, "logits")
     leaves = jax.tree_util.tree_leaves(struct)
-    a_shape = tuple(x.shape) if on_input else _feature_shape(leaves[li], x, layer)
-    n_classes = _n_classes(leaves[yi], x, logits)
+    a_shape = tuple(x.shape) if on_input else feature_shape(leaves[li], x, layer)
+    n_classes = class_count(leaves[yi], x, logits)
     cls = check_classes(classes, top_k, x.shape[0], n_classes)
     k = top_k if cls is None else cls.shape[1]
     hw, grid = HW(x.shape[1], x.shape[2]), HW(a_shape[1], a_shape[2])
@@ -276,7 +248,7 @@ def class_activation_maps(
             placement, rf, lambda: placing.layer_rf(fn, params, li, x.shape[1:], layer), hw, grid
         )
     prog = _program(fn, params is not None, li, yi, method, k, cls is not None, samples)
-    keys = np.asarray(jax.random.split(_prng(key), x.shape[0])) if smooth else None
+    keys = np.asarray(jax.random.split(prng_key(key), x.shape[0])) if smooth else None
     shared = (np.asarray(offset, np.float32), np.asarray(stride, np.float32), np.float32(noise))
     what = "one image" if k == 1 else f"one image with {k} classes"
     out = _run_chunked(prog, params, x, cls, keys, shared, max_memory, what)
@@ -305,74 +277,6 @@ def _logits_model(model: Any, logits: str | int) -> tuple[Any, str | int]:
         return model, logits
     split = converted.pre_softmax(logits)
     return (model, logits) if split is None else split
-
-
-def _shapes(fn: Callable, params: Any, x: np.ndarray, model: Any) -> Any:
-    """The model's output shapes on ``x``; its failure is one sentence (grey images for an
-    RGB model named as such)."""
-    bound = fn if params is None else functools.partial(fn, params)
-    try:
-        return jax.eval_shape(bound, jnp.asarray(x))
-    except RFError:
-        raise
-    except Exception as e:  # any failure inside the user's model
-        if x.shape[-1] == 1 and _takes(bound, x.shape[:-1] + (3,)):
-            raise RFBadImages(
-                f"images are grey (1 channel) but the model takes 3 (RGB); pass images of shape {x.shape[:-1] + (3,)}, "
-                "e.g. np.repeat(images, 3, axis=-1)."
-            ) from e
-        raise RFError(
-            f"the model failed on images of shape {x.shape} ({cause(e)}); pass images of the shape it expects."
-        ) from e
-
-
-def _takes(bound: Callable, shape: tuple[int, ...]) -> bool:
-    try:
-        jax.eval_shape(bound, jax.ShapeDtypeStruct(shape, jnp.float32))
-    except Exception:  # noqa: BLE001 - only asks whether it would run
-        return False
-    return True
-
-
-def _feature_shape(leaf: Any, x: np.ndarray, layer: str | int) -> tuple[int, ...]:
-    shape = tuple(leaf.shape)
-    if len(shape) != 4 or shape[0] != x.shape[0] or shape[1] < 1 or shape[2] < 1:
-        raise RFError(
-            f"layer {layer!r} has shape {shape}, which is not a spatial feature map (N, h, w, K); pass a convolutional layer's output."
-        )
-    return shape
-
-
-def _n_classes(leaf: Any, x: np.ndarray, logits: str | int) -> int:
-    shape = tuple(leaf.shape)
-    if len(shape) != 2 or shape[0] != x.shape[0]:
-        raise RFError(
-            f"logits {logits!r} has shape {shape}; pass the model's class scores of shape (N, classes)."
-        )
-    return int(shape[1])
-
-
-def _check_samples(method: str, smooth: Any, noise: Any, steps: Any) -> int:
-    """The program's sample axis: ``steps`` for integrated gradients, ``smooth`` otherwise."""
-    for name, v, low in (("smooth", smooth, 0), ("steps", steps, 1)):
-        if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < low:
-            raise RFError(f"{name}={v!r} must be an integer >= {low}.")
-    if not isinstance(noise, (int, float, np.floating)) or not 0 <= float(noise) < np.inf:
-        raise RFError(f"noise={noise!r} must be a non-negative fraction of the image's range, e.g. 0.2.")
-    if method == "integrated_gradients":
-        if smooth:
-            raise RFError("smooth= does not apply to method='integrated_gradients'; pass smooth=0.")
-        return int(steps)
-    return int(smooth)
-
-
-def _prng(key: Any) -> jax.Array:
-    if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
-        return jax.random.PRNGKey(int(key))
-    try:
-        return jnp.asarray(key, jnp.uint32).reshape(2)
-    except (TypeError, ValueError) as e:
-        raise RFError(f"key={key!r} must be an int seed or a jax.random.PRNGKey.") from e
 
 
 def _check_outputs(out: dict, method: str, where: str, layer: Any, logits: Any, n_classes: int) -> None:

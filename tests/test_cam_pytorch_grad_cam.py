@@ -50,6 +50,29 @@ def _scaled(m):
     return m / (1e-7 + m.max(axis=(-2, -1), keepdims=True))
 
 
+def test_onnx_export_of_the_same_model_gives_the_same_maps(setup, tmp_path):
+    """The ONNX adapter also returns NCHW layers as NHWC transposes: same tap, same maps."""
+    pytest.importorskip("onnx")
+    from converters import onnx as onnx_adapter
+
+    net, _, x = setup
+    path = tmp_path / "net.onnx"
+    torch.onnx.export(
+        net,
+        (torch.zeros(1, 3, 12, 12),),
+        str(path),
+        dynamo=False,
+        input_names=["x"],
+        output_names=["y"],
+        dynamic_axes={"x": {0: "n"}, "y": {0: "n"}},
+    )
+    model = onnx_adapter.from_onnx(str(path)).with_outputs(["/a2/Relu", "y"])
+    r = rfjax.hires_cam(model, x, layer="/a2/Relu", logits="y", classes=[[c] for c in CLASSES])
+    a, g = _torch_a_g(net, x)
+    want = np.maximum((a * g).sum(axis=1), 0)
+    np.testing.assert_allclose(r.maps[:, 0], want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
+
+
 @pytest.fixture(scope="module")
 def pgc():
     return pytest.importorskip("pytorch_grad_cam")

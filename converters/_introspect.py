@@ -39,7 +39,8 @@ def cam_layers(model: Any) -> tuple[str, str]:
 
     The feature layer is the layer feeding ``GlobalAveragePooling2D``; the classifier is the
     first ``Dense`` layer after it (``Dropout`` may sit in between). Its activation must be
-    linear so that its output is the logits. Pass both to :func:`cam` with a converted model:
+    linear or softmax (the CAM pipeline explains the logits before a fused softmax, see
+    ``KerasModel.pre_softmax``). Pass both to :func:`cam` with a converted model:
     ``cam(converted, images, layer=feature, logits=dense)``.
     """
     layers = list(getattr(model, "layers", []))
@@ -55,10 +56,10 @@ def cam_layers(model: Any) -> tuple[str, str]:
         kind = type(lyr).__name__
         if kind == "Dense":
             act = getattr(getattr(lyr, "activation", None), "__name__", "linear")
-            if act != "linear":
+            if act not in ("linear", "softmax"):  # a fused softmax is split off by the CAM pipeline
                 raise RFError(
                     f"Dense layer {lyr.name!r} has activation {act!r}; CAM needs its logits: build it with activation=None "
-                    "and a separate Activation/Softmax layer."
+                    "(or 'softmax', which rfjax splits off)."
                 )
             return feature, lyr.name
         if kind not in ("Dropout", "Activation", "Softmax"):

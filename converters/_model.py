@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -10,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from converters import _collapse
+from converters._activations import activation_name
 from converters._geometry import rf_bounds
 from converters._graph import Graph, Ref, map_refs, refs_in
 from converters._honoured import Tracked, ignored, tracked
@@ -196,6 +198,38 @@ class KerasModel(ConvertedModel):
             one_channel=self._one,
             _derived=self._derived,
         )
+
+    def pre_softmax(self, name: str) -> tuple[KerasModel, str] | None:
+        """The logits before output ``name`` when it is a softmax: a ``Softmax`` layer or
+        ``Activation("softmax")`` gives the layer feeding it; a layer with a fused
+        ``activation="softmax"`` (e.g. ``Dense``) is split: a copy of the model in which
+        that layer's activation is linear, same weights (see :meth:`ConvertedModel.pre_softmax`)."""
+        key = ("pre_softmax", name, self.output_names, self._rf, self._hold)
+        if key not in self._derived:  # the same copy each time: its programs compile once
+            self._derived[key] = self._split_softmax(name)
+        return self._derived[key]
+
+    def _split_softmax(self, name: str) -> tuple[KerasModel, str] | None:
+        ref = self._ref(self._check_name(name))
+        node = next(n for n in self._graph.nodes if n.name == ref.node)
+        layer = self._graph.layers[node.layer]
+        act = activation_name(layer.config.get("activation"))
+        if layer.class_name in ("Softmax", "ops.Softmax") or (
+            layer.class_name == "Activation" and act == "softmax"
+        ):
+            source = refs_in((node.args, node.kwargs))[0]
+            if source.index:
+                return None
+            src = source.node
+            return self.with_outputs([src if o == name else o for o in self.output_names]), src
+        if act != "softmax" or ref.index:
+            return None
+        linear = dataclasses.replace(layer, config={**layer.config, "activation": "linear"})
+        graph = dataclasses.replace(self._graph, layers={**self._graph.layers, node.layer: linear})
+        split = KerasModel(
+            graph, self.output_names, input_shape=self.input_shape, rf=self._rf, hold=self._hold
+        )
+        return split, name
 
     def global_nodes(self) -> frozenset[str]:
         """Nodes that collapse the spatial axes: global pooling, spatial means, a

@@ -20,9 +20,16 @@ from rfjax.activation_maps import (
     CAMResult,
     cam,
     class_activation_maps,
+    eigen_cam,
+    eigen_grad_cam,
     grad_cam,
     grad_cam_plus_plus,
+    hires_cam,
+    integrated_gradients,
     layer_cam,
+    saliency,
+    smoothgrad,
+    xgrad_cam,
 )
 from rfjax.arch_sweep import Arch, sweep
 from rfjax.contract import ConvertedModel, RFBound, clear_caches, resolve_model
@@ -54,10 +61,14 @@ __all__ = [
     "class_activation_maps",
     "clear_caches",
     "effective_rf",
+    "eigen_cam",
+    "eigen_grad_cam",
     "fit_maps",
     "grad_cam",
     "grad_cam_plus_plus",
     "gradient_maps",
+    "hires_cam",
+    "integrated_gradients",
     "layer_cam",
     "linearize",
     "plot_layers",
@@ -65,8 +76,11 @@ __all__ = [
     "prepare_params",
     "receptive_field",
     "resolve_model",
+    "saliency",
     "save_rows",
+    "smoothgrad",
     "sweep",
     "sweep_layers",
+    "xgrad_cam",
 ]
 __version__ = "0.1.0"

@@ -211,13 +211,19 @@ def _cam(args: argparse.Namespace) -> int:
 
     keras_model = load_keras(args.model, safe_mode=True)
     feature, dense = (args.layer, None) if args.layer else keras_cam_layers(keras_model)
-    model = converters.from_keras(
-        keras_model, outputs=[feature, dense] if dense else [feature, keras_model.output_names[0]]
-    )
-    method = "cam" if dense else "grad_cam"
-    logits = dense or keras_model.output_names[0]
+    whole = converters.from_keras(keras_model)
+    # the logits before a final softmax are found by the pipeline (ConvertedModel.pre_softmax)
+    logits = dense or whole.output_names[0]
+    model = whole.with_outputs([feature, logits])
     explain = functools.partial(
-        rfjax.class_activation_maps, model, method=method, layer=feature, logits=logits, top_k=args.top_k
+        rfjax.class_activation_maps,
+        model,
+        method=args.method or ("cam" if dense else "grad_cam"),
+        layer=feature,
+        logits=logits,
+        top_k=args.top_k,
+        smooth=args.smooth,
+        key=args.seed,
     )
     dims = [int(v) for v in model.input_shape or () if v is not None]
     if len(dims) != 3:
@@ -357,6 +363,8 @@ def _add_sweep(sub: Any) -> None:
 
 def _add_cam(sub: Any) -> None:
     """The ``cam`` command."""
+    from rfjax.activation_maps.methods import methods as rfjax_methods
+
     c = sub.add_parser(
         "cam",
         help="class activation maps of a Keras classifier over your images",
@@ -368,6 +376,15 @@ def _add_cam(sub: Any) -> None:
         "images", metavar="IMAGES", nargs="+", help="PNG or JPEG files, folders of them, or glob patterns"
     )
     c.add_argument("--layer", help="explain this conv layer with Grad-CAM instead of the CAM head")
+    c.add_argument(
+        "--method",
+        choices=rfjax_methods(),
+        help="the CAM method (default: cam for a GAP + Dense head, grad_cam with --layer)",
+    )
+    c.add_argument(
+        "--smooth", type=int, default=0, help="SmoothGrad: noisy copies per image (default: 0, off)"
+    )
+    c.add_argument("--seed", type=int, default=0, help="SmoothGrad's random seed (default: 0)")
     c.add_argument("--top-k", type=int, default=3, help="classes per image (default: 3)")
     c.add_argument(
         "--scale", type=float, default=255.0, help="pixel values are [0, 1] times this (default: 255)"

@@ -134,6 +134,14 @@ class ConvertedModel(abc.ABC):
         out = jax.eval_shape(lambda x: every.apply(every.params, x), x)
         return {k: tuple(v.shape) for k, v in out.items()}
 
+    def pre_softmax(self, name: str) -> tuple[ConvertedModel, str] | None:
+        """Where output ``name`` is a softmax (a softmax layer, or a layer with a fused
+        softmax activation), a copy of this model with the same outputs except that
+        ``name`` is replaced by the layer giving the logits before the softmax (a fused
+        activation split off), and that layer's name; ``None`` where ``name`` is no
+        softmax or the adapter cannot tell (the CAM family then checks the values)."""
+        return None
+
     def __call__(self, x: jax.Array) -> dict[str, jax.Array]:
         """:meth:`apply` with this model's own :attr:`params`."""
         return self.apply(self.params, x)

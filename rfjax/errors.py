@@ -112,3 +112,18 @@ def output_label(name: object) -> str:
     """How a message names an output: ``"the output"`` for a function's only one (``name``
     ``None``), else ``"output 'name'"``."""
     return "the output" if name is None else f"output {name!r}"
+
+
+class RFNotLogits(RFError):
+    """The scores a class activation map would explain are softmax probabilities (every
+    row non-negative and summing to one), not the pre-softmax logits."""
+
+
+class RFNeedsHead(RFError):
+    """A CAM method needs a head the model does not have after the explained layer
+    (plain CAM: global average pooling + dense)."""
+
+
+class RFBadImages(RFError):
+    """Images the model cannot be explained on: mixed sizes, the wrong number of
+    channels, or non-finite pixels."""

@@ -1,7 +1,8 @@
 """Class activation maps: CAM, Grad-CAM and variants on one pipeline, placed by receptive field.
 
 Modules: :mod:`~rfjax.activation_maps.methods` (the registry of methods), :mod:`~rfjax.activation_maps.pipeline`
-(the one compiled program), :mod:`~rfjax.activation_maps.tap` (gradients at any layer of any JAX
+(the one compiled program), :mod:`~rfjax.activation_maps.sampling` (its class, path and
+noise axes), :mod:`~rfjax.activation_maps.tap` (gradients at any layer of any JAX
 function), :mod:`~rfjax.activation_maps.placement` (RF-aware placement), :mod:`~rfjax.activation_maps.metrics`
 (boxes, IoU, pointing game), :mod:`~rfjax.activation_maps.inputs` (argument checks).
 
@@ -35,13 +36,29 @@ Methods:
 * Grad-CAM (Selvaraju et al., ICCV 2017): channel weights = spatial mean of ``G``, then ReLU.
   On a GAP + dense head, ``grad_cam = relu(cam) / (h w)`` exactly.
 * Grad-CAM++ (Chattopadhay et al., WACV 2018) and Layer-CAM (Jiang et al., TIP 2021).
+* HiResCAM, XGrad-CAM, Eigen-CAM, Eigen-Grad-CAM (see :mod:`~rfjax.activation_maps.methods`).
+* Input gradients: saliency (Simonyan et al. 2014), Integrated Gradients (Sundararajan et
+  al. 2017); SmoothGrad (Smilkov et al. 2017) over any method (``smooth=n``).
 """
 
 from typing import Any
 
 from rfjax.activation_maps.methods import HEAD_TOL, Variant, methods, variant
 from rfjax.activation_maps.metrics import box_iou, cam_box, pointing_game
-from rfjax.activation_maps.pipeline import cam, class_activation_maps, grad_cam, grad_cam_plus_plus, layer_cam
+from rfjax.activation_maps.pipeline import (
+    cam,
+    class_activation_maps,
+    eigen_cam,
+    eigen_grad_cam,
+    grad_cam,
+    grad_cam_plus_plus,
+    hires_cam,
+    integrated_gradients,
+    layer_cam,
+    saliency,
+    smoothgrad,
+    xgrad_cam,
+)
 from rfjax.activation_maps.placement import place
 from rfjax.activation_maps.result import CAMResult
 
@@ -62,12 +79,19 @@ __all__ = [
     "cam",
     "cam_box",
     "class_activation_maps",
+    "eigen_cam",
+    "eigen_grad_cam",
     "grad_cam",
     "grad_cam_plus_plus",
+    "hires_cam",
+    "integrated_gradients",
     "keras_cam_layers",
     "layer_cam",
     "methods",
     "place",
     "pointing_game",
+    "saliency",
+    "smoothgrad",
     "variant",
+    "xgrad_cam",
 ]

@@ -8,6 +8,14 @@ pipeline (:mod:`rfjax.activation_maps.pipeline`) computes ``A`` and ``G`` once f
 * Grad-CAM (Selvaraju et al., ICCV 2017).
 * Grad-CAM++ (Chattopadhay et al., WACV 2018).
 * Layer-CAM (Jiang et al., TIP 2021).
+* HiResCAM (Draelos & Carin 2020), XGrad-CAM (Fu et al., BMVC 2020), Eigen-CAM (Muhammad &
+  Yeasin, IJCNN 2020) and Eigen-Grad-CAM.
+* Input-gradient methods, where ``A`` is the image and ``G`` the gradient with respect to it
+  (see :data:`INPUT_METHODS`): saliency (Simonyan et al., 2014) and Integrated Gradients
+  (Sundararajan et al., ICML 2017, ``G`` averaged along the path by the pipeline).
+
+Every method but CAM ends in a ReLU, as pytorch-grad-cam does (``np.maximum(cam, 0)`` in its
+``BaseCAM``); integrated gradients keep their sign (they must sum to ``f(x) - f(0)``).
 """
 
 from __future__ import annotations
@@ -22,6 +30,10 @@ from rfjax.errors import RFError
 #: ``(A (N, h, w, K), G (N, h, w, K)) -> map (N, h, w)``: how one CAM method weighs features.
 Variant = Callable[[jax.Array, jax.Array], jax.Array]
 _VARIANTS: dict[str, Variant] = {}
+
+#: Methods explaining the input itself (``A`` = the image, ``G`` = ``d y_c / d x``):
+#: the pipeline's ``layer`` argument does not apply to them.
+INPUT_METHODS = frozenset({"saliency", "integrated_gradients"})
 
 #: Relative tolerance of the GAP + dense check in :func:`cam`.
 HEAD_TOL = 1e-3
@@ -85,3 +97,77 @@ def _layer_cam(a: jax.Array, g: jax.Array) -> jax.Array:
 
 
 # --------------------------------------------------------------------------- result
+
+
+@variant("hires_cam")
+def _hires_cam(a: jax.Array, g: jax.Array) -> jax.Array:
+    """HiResCAM (Draelos & Carin, "Use HiResCAM instead of Grad-CAM for faithful explanations
+    of convolutional neural networks", 2020): ``relu(sum_k G_k * A_k)`` cell by cell (no
+    spatial averaging of the gradient, so the map is the exact contribution of each cell when
+    the head is linear after the layer)."""
+    return jax.nn.relu((g * a).sum(axis=-1))
+
+
+#: pytorch-grad-cam's ``eps`` in XGrad-CAM's denominator (``xgrad_cam.py``).
+XGRAD_EPS = 1e-7
+
+
+@variant("xgrad_cam")
+def _xgrad_cam(a: jax.Array, g: jax.Array) -> jax.Array:
+    """XGrad-CAM (Fu et al., "Axiom-based Grad-CAM", BMVC 2020): channel weights
+    ``w_k = sum_ij(G_k A_k) / (sum_ij A_k + eps)``, map ``relu(sum_k w_k A_k)``;
+    ``eps = 1e-7`` as in pytorch-grad-cam."""
+    w = (g * a).sum(axis=(1, 2)) / (a.sum(axis=(1, 2)) + XGRAD_EPS)
+    return jax.nn.relu(jnp.einsum("nijk,nk->nij", a, w))
+
+
+def first_component(m: jax.Array) -> jax.Array:
+    """Projection of each image's cells on the first principal component of its
+    ``(h * w, K)`` matrix (columns centred first), ``(N, h, w, K) -> (N, h, w)``.
+
+    This is pytorch-grad-cam's ``get_2d_projection`` (centred, ``reshaped @ VT[0]``). The sign
+    of a singular vector is arbitrary (pytorch-grad-cam keeps whatever LAPACK returns); here it
+    is fixed so that the component's weights sum to a non-negative number, i.e. the map grows
+    with the channels' common activation (for non-negative features this is the sign of the
+    uncentred first component of the paper).
+    """
+    n, h, w, k = m.shape
+    x = m.reshape(n, h * w, k)
+    x = x - x.mean(axis=1, keepdims=True)
+    v = jnp.linalg.svd(x, full_matrices=False)[2][:, 0, :]  # (N, K)
+    v = v * jnp.where(v.sum(axis=-1, keepdims=True) < 0, -1.0, 1.0)
+    return jnp.einsum("nck,nk->nc", x, v).reshape(n, h, w)
+
+
+@variant("eigen_cam")
+def _eigen_cam(a: jax.Array, g: jax.Array) -> jax.Array:
+    """Eigen-CAM (Muhammad & Yeasin, "Eigen-CAM: Class Activation Map using Principal
+    Components", IJCNN 2020): ``relu`` of the features' first principal component
+    (:func:`first_component`); it uses no gradient, so it is the same map for every class."""
+    del g
+    return jax.nn.relu(first_component(a))
+
+
+@variant("eigen_grad_cam")
+def _eigen_grad_cam(a: jax.Array, g: jax.Array) -> jax.Array:
+    """Eigen-Grad-CAM (pytorch-grad-cam's class-discriminative Eigen-CAM): ``relu`` of the first
+    principal component (:func:`first_component`) of ``G * A``."""
+    return jax.nn.relu(first_component(g * a))
+
+
+@variant("saliency")
+def _saliency(a: jax.Array, g: jax.Array) -> jax.Array:
+    """Saliency (Simonyan et al., "Deep Inside Convolutional Networks", ICLR workshop 2014):
+    ``max_c |d y / d x_c|`` per pixel; ``A`` is the image, unused."""
+    del a
+    return jnp.abs(g).max(axis=-1)
+
+
+@variant("integrated_gradients")
+def _integrated_gradients(a: jax.Array, g: jax.Array) -> jax.Array:
+    """Integrated Gradients (Sundararajan et al., "Axiomatic Attribution for Deep Networks",
+    ICML 2017) with a black (zero) baseline, summed over colour channels:
+    ``sum_c x_c * G_c`` where the pipeline passes ``A = x`` and ``G`` the mean gradient at
+    ``(s / m) x``, ``s = 1..m`` (right Riemann sum). Signed: the maps sum to about
+    ``y_c(x) - y_c(0)`` (completeness)."""
+    return (a * g).sum(axis=-1)

@@ -20,7 +20,8 @@ class CAMResult:
       classes: ``(N, k)`` int class indices, best first when chosen by ``top_k``.
       probabilities: ``(N, k)`` softmax of the logits at ``classes``.
       method: ``"cam"``, ``"grad_cam"``, ... (a registered :func:`variant`).
-      placement: ``"rf"`` (cell values at their RF centres) or ``"resize"`` (plain bilinear).
+      placement: ``"rf"`` (cell values at their RF centres), ``"resize"`` (plain bilinear) or
+        ``"input"`` (the input methods' maps, already at the input's resolution).
       offset: centre of feature cell ``(0, 0)`` on the input as used for the placement,
         continuous coordinates (pixel ``i`` spans ``[i, i + 1)``).
       stride: distance between the centres of neighbouring cells as used for the placement.

@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 from jax.extend import core as jcore
 
 from rfjax.errors import RFError
@@ -34,6 +36,26 @@ def tapped(fn: Callable, with_params: bool, layer_index: int) -> Callable:
             raise RFError(
                 "layer names an output that is a constant or the input itself; pass a layer the model computes."
             )
+        target, delta = through_transposes(closed.jaxpr, target, delta)
         return evaluate(closed, jax.tree_util.tree_leaves(args), tap=Tap(target, delta))
 
     return run
+
+
+def through_transposes(
+    jaxpr: jcore.Jaxpr, target: jcore.Var, delta: jax.Array
+) -> tuple[jcore.Var, jax.Array]:
+    """Move a tap on the output of a (top-level) ``transpose`` to its operand, with ``delta``
+    permuted back: ``transpose(u + delta') = transpose(u) + delta`` for every consumer, and
+    the consumers of ``u`` see it too. Adapters of channels-first models (PyTorch, ONNX)
+    return a layer as an NHWC transpose of the NCHW value the rest of the network reads:
+    tapped there, the logits would not depend on it."""
+    producers = {v: e for e in jaxpr.eqns for v in e.outvars}
+    while (eqn := producers.get(target)) is not None and eqn.primitive.name == "transpose":
+        source = eqn.invars[0]
+        if not isinstance(source, jcore.Var) or source in jaxpr.invars or source in jaxpr.constvars:
+            break
+        if jnp.ndim(delta):
+            delta = jnp.transpose(delta, [int(i) for i in np.argsort(eqn.params["permutation"])])
+        target = source
+    return target, delta

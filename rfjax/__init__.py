@@ -11,18 +11,24 @@ The public face; everything lives in small private-by-convention modules:
 * :mod:`rfjax.erf`      -- :func:`effective_rf`, the effective RF (Luo et al.)
 * :mod:`rfjax.layer_sweep` -- :func:`sweep_layers`, every layer of one model
 * :mod:`rfjax.arch_sweep`  -- :func:`sweep`, many architectures and input sizes, resumable
-* :mod:`rfjax.plot`, :mod:`rfjax.plot_cam` -- figures (imported lazily)
+* :mod:`rfjax.plot`, :mod:`rfjax.plot_cam`, :mod:`rfjax.plot_faithfulness` -- figures (imported lazily)
 """
 
 from rfjax import datasets, models, prepare  # noqa: F401 - rfjax.models.readme_net, rfjax.datasets.shapes
 from rfjax._types import HW, GradientMaps, ReceptiveField
 from rfjax.activation_maps import (
+    CAMMetrics,
     CAMResult,
+    ablation_cam,
+    augmentation_smoothing,
     cam,
+    cam_metrics,
     class_activation_maps,
+    faster_score_cam,
     grad_cam,
     grad_cam_plus_plus,
     layer_cam,
+    score_cam,
 )
 from rfjax.arch_sweep import Arch, sweep
 from rfjax.contract import ConvertedModel, RFBound, clear_caches, resolve_model
@@ -36,6 +42,7 @@ from rfjax.prepare import linearize, prepare_params
 __all__ = [
     "HW",
     "Arch",
+    "CAMMetrics",
     "CAMResult",
     "ConvertedModel",
     "EffectiveRF",
@@ -48,10 +55,14 @@ __all__ = [
     "RFTooLarge",
     "RFUnsupported",
     "ReceptiveField",
+    "ablation_cam",
+    "augmentation_smoothing",
     "cam",
+    "cam_metrics",
     "class_activation_maps",
     "clear_caches",
     "effective_rf",
+    "faster_score_cam",
     "fit_maps",
     "grad_cam",
     "grad_cam_plus_plus",
@@ -63,6 +74,7 @@ __all__ = [
     "receptive_field",
     "resolve_model",
     "save_rows",
+    "score_cam",
     "sweep",
     "sweep_layers",
 ]

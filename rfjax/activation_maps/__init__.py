@@ -35,12 +35,18 @@ Methods:
 * Grad-CAM (Selvaraju et al., ICCV 2017): channel weights = spatial mean of ``G``, then ReLU.
   On a GAP + dense head, ``grad_cam = relu(cam) / (h w)`` exactly.
 * Grad-CAM++ (Chattopadhay et al., WACV 2018) and Layer-CAM (Jiang et al., TIP 2021).
+* Score-CAM, Faster-Score-CAM, Ablation-CAM and test-time augmentation smoothing
+  (:mod:`~rfjax.activation_maps.perturb`): perturbed copies as a batch axis of one program.
+* Faithfulness metrics (:mod:`~rfjax.activation_maps.faithfulness`): Average Drop / Increase,
+  Deletion / Insertion AUC, ROAD, via :func:`cam_metrics`.
 """
 
 from typing import Any
 
+from rfjax.activation_maps.faithfulness import CAMMetrics, MetricsSummary, cam_metrics
 from rfjax.activation_maps.methods import HEAD_TOL, Variant, methods, variant
 from rfjax.activation_maps.metrics import box_iou, cam_box, pointing_game
+from rfjax.activation_maps.perturb import ablation_cam, augmentation_smoothing, faster_score_cam, score_cam
 from rfjax.activation_maps.pipeline import cam, class_activation_maps, grad_cam, grad_cam_plus_plus, layer_cam
 from rfjax.activation_maps.placement import place
 from rfjax.activation_maps.result import CAMResult
@@ -56,12 +62,18 @@ def keras_cam_layers(model: Any) -> tuple[str, str]:
 
 __all__ = [
     "HEAD_TOL",
+    "CAMMetrics",
     "CAMResult",
+    "MetricsSummary",
     "Variant",
+    "ablation_cam",
+    "augmentation_smoothing",
     "box_iou",
     "cam",
     "cam_box",
+    "cam_metrics",
     "class_activation_maps",
+    "faster_score_cam",
     "grad_cam",
     "grad_cam_plus_plus",
     "keras_cam_layers",
@@ -69,5 +81,6 @@ __all__ = [
     "methods",
     "place",
     "pointing_game",
+    "score_cam",
     "variant",
 ]

@@ -4,13 +4,20 @@ The function's jaxpr is re-evaluated by the one interpreter (:mod:`rfjax.jaxpr`)
 perturbation ``delta`` added where the requested output leaf is computed, so
 ``d outputs / d delta`` is the gradient with respect to that layer, with no split of the
 model into a body and a head.
+
+An output that is only a ``transpose`` of the layer's value (a converted PyTorch model
+returns its NCHW layers transposed to NHWC; the logits are computed from the NCHW value)
+is tapped where the transposed value is computed, with ``delta`` transposed back, so the
+perturbation reaches the logits.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import jax
+import jax.numpy as jnp
 from jax.extend import core as jcore
 
 from rfjax.errors import RFError
@@ -34,6 +41,24 @@ def tapped(fn: Callable, with_params: bool, layer_index: int) -> Callable:
             raise RFError(
                 "layer names an output that is a constant or the input itself; pass a layer the model computes."
             )
+        target, delta = through_transposes(closed.jaxpr, target, delta)
         return evaluate(closed, jax.tree_util.tree_leaves(args), tap=Tap(target, delta))
 
     return run
+
+
+def through_transposes(jaxpr: jcore.Jaxpr, target: jcore.Var, delta: Any) -> tuple[jcore.Var, Any]:
+    """``(var, delta')``: while ``target`` is a top-level ``transpose`` of another computed
+    variable, step back to that variable, with ``delta`` transposed back the same way, so
+    that adding ``delta'`` there adds ``delta`` to ``target``."""
+    producers = {v: e for e in jaxpr.eqns for v in e.outvars}
+    while target in producers and producers[target].primitive.name == "transpose":
+        eqn = producers[target]
+        source = eqn.invars[0]
+        if not isinstance(source, jcore.Var) or source in jaxpr.invars or source in jaxpr.constvars:
+            break
+        perm = tuple(eqn.params["permutation"])
+        inverse = tuple(sorted(range(len(perm)), key=perm.__getitem__))
+        delta = delta if jnp.ndim(delta) == 0 else jnp.transpose(delta, inverse)
+        target = source
+    return target, delta

@@ -175,7 +175,7 @@ def impute(x: jax.Array, keep: jax.Array, noise: float, key: jax.Array) -> jax.A
         matvec,
         rhs,
         x0=hole * x.mean(axis=(1, 2), keepdims=True),
-        tol=1e-6,
+        tol=1e-7,
         maxiter=20 * max(x.shape[1:3]),
         M=lambda r: r / jnp.where(hole > 0, degree, 1.0),
     )

@@ -278,6 +278,24 @@ def test_perturbation_methods_refuse_bad_input_in_one_sentence(gap_model, images
         rfjax.augmentation_smoothing(model, images, method="nope", **kw)
 
 
+def test_grad_cam_reaches_the_logits_of_a_converted_pytorch_model(images):
+    """The converted model returns 'features' transposed to NHWC while the logits use the
+    NCHW value: the tap steps back through the transpose. On a GAP + linear head Grad-CAM is
+    relu(features . fc weights) / (h w), computed here with PyTorch."""
+    torch = pytest.importorskip("torch")
+    net = _TorchNet.build()
+    model = converters.from_torch(net, outputs=["features", "fc"], input_shape=(24, 24, 3))
+    r = rfjax.grad_cam(model, images, layer="features", logits="fc", classes=[0, 2])
+    with torch.no_grad():
+        f = net.features(torch.tensor(images).permute(0, 3, 1, 2)).numpy()  # (N, 6, 9, 9)
+    wfc = net.fc.weight.detach().numpy()
+    for j, c in enumerate([0, 2]):
+        want = np.maximum(np.einsum("nkij,k->nij", f, wfc[c]), 0) / 81
+        np.testing.assert_allclose(r.maps[:, j], want, rtol=1e-4, atol=1e-6)
+    with pytest.raises(RFError, match="one size"):
+        rfjax.score_cam(model, [images[0], images[0, :20]], layer="features", logits="fc")
+
+
 # --------------------------------------------------------------------------- pytorch-grad-cam
 
 

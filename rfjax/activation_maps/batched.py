@@ -62,7 +62,14 @@ def setup(model: Any, images: Any, layer: str | int | None, logits: str | int, p
     ``layer`` is a spatial feature map ``(N, h, w, K)`` (``None``: no layer needed) and
     output ``logits`` is ``(N, classes)``; :class:`RFError` otherwise."""
     fn, params = as_function(model, params)
-    x = check_images(images)
+    try:
+        x = check_images(images)
+    except RFError:
+        raise
+    except ValueError as e:  # numpy cannot stack images of different sizes
+        raise RFError(
+            f"images cannot form one batch ({cause(e)}); pass images of one size (resize them first)."
+        ) from e
     if not np.isfinite(x).all():
         raise RFError("images holds NaN or infinite pixels; pass finite pixel values.")
     bound = fn if params is None else functools.partial(fn, params)

@@ -11,23 +11,29 @@ The public face; everything lives in small private-by-convention modules:
 * :mod:`rfjax.erf`      -- :func:`effective_rf`, the effective RF (Luo et al.)
 * :mod:`rfjax.layer_sweep` -- :func:`sweep_layers`, every layer of one model
 * :mod:`rfjax.arch_sweep`  -- :func:`sweep`, many architectures and input sizes, resumable
-* :mod:`rfjax.plot`, :mod:`rfjax.plot_cam` -- figures (imported lazily)
+* :mod:`rfjax.plot`, :mod:`rfjax.plot_cam`, :mod:`rfjax.plot_faithfulness` -- figures (imported lazily)
 """
 
 from rfjax import datasets, models, prepare  # noqa: F401 - rfjax.models.readme_net, rfjax.datasets.shapes
 from rfjax._types import HW, GradientMaps, ReceptiveField
 from rfjax.activation_maps import (
+    CAMMetrics,
     CAMResult,
+    ablation_cam,
+    augmentation_smoothing,
     cam,
+    cam_metrics,
     class_activation_maps,
     eigen_cam,
     eigen_grad_cam,
+    faster_score_cam,
     grad_cam,
     grad_cam_plus_plus,
     hires_cam,
     integrated_gradients,
     layer_cam,
     saliency,
+    score_cam,
     smoothgrad,
     xgrad_cam,
 )
@@ -44,6 +50,7 @@ from rfjax.prepare import linearize, prepare_params
 __all__ = [
     "HW",
     "Arch",
+    "CAMMetrics",
     "CAMResult",
     "ConvertedModel",
     "EffectiveRF",
@@ -57,12 +64,16 @@ __all__ = [
     "RFUnhandledSetting",
     "RFUnsupported",
     "ReceptiveField",
+    "ablation_cam",
+    "augmentation_smoothing",
     "cam",
+    "cam_metrics",
     "class_activation_maps",
     "clear_caches",
     "effective_rf",
     "eigen_cam",
     "eigen_grad_cam",
+    "faster_score_cam",
     "fit_maps",
     "grad_cam",
     "grad_cam_plus_plus",
@@ -78,6 +89,7 @@ __all__ = [
     "resolve_model",
     "saliency",
     "save_rows",
+    "score_cam",
     "smoothgrad",
     "sweep",
     "sweep_layers",

@@ -39,12 +39,18 @@ Methods:
 * HiResCAM, XGrad-CAM, Eigen-CAM, Eigen-Grad-CAM (see :mod:`~rfjax.activation_maps.methods`).
 * Input gradients: saliency (Simonyan et al. 2014), Integrated Gradients (Sundararajan et
   al. 2017); SmoothGrad (Smilkov et al. 2017) over any method (``smooth=n``).
+* Score-CAM, Faster-Score-CAM, Ablation-CAM and test-time augmentation smoothing
+  (:mod:`~rfjax.activation_maps.perturb`): perturbed copies as a batch axis of one program.
+* Faithfulness metrics (:mod:`~rfjax.activation_maps.faithfulness`): Average Drop / Increase,
+  Deletion / Insertion AUC, ROAD, via :func:`cam_metrics`.
 """
 
 from typing import Any
 
+from rfjax.activation_maps.faithfulness import CAMMetrics, MetricsSummary, cam_metrics
 from rfjax.activation_maps.methods import HEAD_TOL, Variant, methods, variant
 from rfjax.activation_maps.metrics import box_iou, cam_box, pointing_game
+from rfjax.activation_maps.perturb import ablation_cam, augmentation_smoothing, faster_score_cam, score_cam
 from rfjax.activation_maps.pipeline import (
     cam,
     class_activation_maps,
@@ -73,14 +79,20 @@ def keras_cam_layers(model: Any) -> tuple[str, str]:
 
 __all__ = [
     "HEAD_TOL",
+    "CAMMetrics",
     "CAMResult",
+    "MetricsSummary",
     "Variant",
+    "ablation_cam",
+    "augmentation_smoothing",
     "box_iou",
     "cam",
     "cam_box",
+    "cam_metrics",
     "class_activation_maps",
     "eigen_cam",
     "eigen_grad_cam",
+    "faster_score_cam",
     "grad_cam",
     "grad_cam_plus_plus",
     "hires_cam",
@@ -91,6 +103,7 @@ __all__ = [
     "place",
     "pointing_game",
     "saliency",
+    "score_cam",
     "smoothgrad",
     "variant",
     "xgrad_cam",

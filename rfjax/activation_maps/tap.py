@@ -4,6 +4,11 @@ The function's jaxpr is re-evaluated by the one interpreter (:mod:`rfjax.jaxpr`)
 perturbation ``delta`` added where the requested output leaf is computed, so
 ``d outputs / d delta`` is the gradient with respect to that layer, with no split of the
 model into a body and a head.
+
+An output that is only a ``transpose`` of the layer's value (a converted PyTorch model
+returns its NCHW layers transposed to NHWC; the logits are computed from the NCHW value)
+is tapped where the transposed value is computed, with ``delta`` transposed back, so the
+perturbation reaches the logits.
 """
 
 from __future__ import annotations

@@ -292,7 +292,7 @@ def test_grad_cam_reaches_the_logits_of_a_converted_pytorch_model(images):
     for j, c in enumerate([0, 2]):
         want = np.maximum(np.einsum("nkij,k->nij", f, wfc[c]), 0) / 81
         np.testing.assert_allclose(r.maps[:, j], want, rtol=1e-4, atol=1e-6)
-    with pytest.raises(RFError, match="one size"):
+    with pytest.raises(RFError, match="images of different shapes"):
         rfjax.score_cam(model, [images[0], images[0, :20]], layer="features", logits="fc")
 
 

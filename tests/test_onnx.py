@@ -164,6 +164,48 @@ def test_resize_modes(mode, coords, rounding, sizes, scales):
     _parity(single("Resize", (1, 3, 11, 13), inits, opset=13, **attrs))
 
 
+# Upsample (opsets 7 to 9; ONNX Runtime refuses it from opset 10) and Resize of opset 10:
+# asymmetric coordinates, floor(size * scale) outputs; odd scales make the rounding show
+UPSAMPLE_CASES = [
+    (9, "nearest", [1, 1, 2, 3]),
+    (9, "nearest", [1, 1, 1.5, 2.5]),
+    (9, "linear", [1, 1, 2, 2]),
+    (9, "linear", [1, 1, 1.7, 2.3]),
+    (7, "nearest", [1, 1, 1.6, 2]),
+    (7, "linear", [1, 1, 1.5, 1.3]),
+    (10, "nearest", [1, 1, 0.6, 1.7]),  # Resize-10: downsampled axes round up
+    (10, "linear", [1, 1, 0.45, 2.2]),
+]
+
+
+@pytest.mark.parametrize("opset, mode, scales", UPSAMPLE_CASES)
+def test_upsample_and_opset_10_resize_match_onnxruntime(opset, mode, scales):
+    if opset == 7:
+        proto = single("Upsample", (1, 3, 11, 13), opset=7, mode=mode, scales=[float(s) for s in scales])
+    else:
+        op = "Resize" if opset == 10 else "Upsample"
+        proto = single(op, (1, 3, 11, 13), {"s": np.array(scales, np.float32)}, opset=opset, mode=mode)
+    converted = _parity(proto)
+    h, w = (int(np.floor(np.float32(n) * np.float32(s))) for n, s in zip((11, 13), scales[2:]))
+    assert converted(nhwc(X))["y"].shape == (1, h, w, 3)
+
+
+def test_upsample_in_a_graph_keeps_the_rf_closed_form_unknown_and_refuses_cubic():
+    from rfjax.errors import RFError
+
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
+        helper.make_node("Upsample", ["c", "s"], ["y"], name="up", mode="nearest"),
+    ]
+    inits = {"w": weight(2, 3, 3, 3), "s": np.array([1, 1, 2, 2], np.float32)}
+    converted = _parity(model(nodes, {"x": (1, 3, 11, 13)}, ["y"], inits, opset=9))
+    assert converted.rf_bound("c") is not None and converted.rf_bound("y") is None
+    with pytest.raises(RFError, match=r"node 'the_upsample' \(Upsample\).*mode='cubic'"):
+        converters.from_onnx(single("Upsample", (1, 3, 8, 8), {"s": inits["s"]}, opset=9, mode="cubic"))(
+            nhwc(X[:, :, :8, :8])
+        )
+
+
 ACTIVATIONS = [
     ("Relu", {}),
     ("LeakyRelu", {"alpha": 0.3}),
@@ -633,8 +675,8 @@ def test_unsupported_op_names_node_type_opset_and_the_supported_list():
 def test_unsupported_opset_and_unknown_attribute_are_refused():
     from rfjax.errors import RFError
 
-    with pytest.raises(RFError, match="uses opset 10 of the default ONNX domain; rfjax reads opsets 11 to"):
-        converters.from_onnx(single("Relu", (1, 3, 8, 8), opset=10))
+    with pytest.raises(RFError, match="uses opset 6 of the default ONNX domain; rfjax reads opsets 7 to"):
+        converters.from_onnx(single("Relu", (1, 3, 8, 8), opset=6))
     with pytest.raises(RFError, match=r"node 'the_conv' \(Conv\).*attribute\(s\) \['winograd'\]"):
         converters.from_onnx(single("Conv", (1, 3, 11, 13), {"w": W3}, winograd=1))
 

@@ -63,7 +63,7 @@ def identity(ctx: Ctx, x: Any) -> Any:
     return x
 
 
-@register("Dropout", attrs=("seed",), static=(1, 2))
+@register("Dropout", attrs=("ratio", "seed"), static=(1, 2))
 def dropout(ctx: Ctx, x: Any, ratio: Any = None, training: Any = None) -> Any:
     """Inference dropout: the identity (a mask output, when used, is all ones)."""
     if training is not None and bool(np.asarray(training)):

@@ -329,6 +329,63 @@ def test_layout_ops_split_slice_transpose_squeeze():
     _parity(model(nodes, {"x": (1, 3, 11, 13)}, ["y"], inits), outputs=["s", "t", "y"])
 
 
+def _layout_graph():
+    """Convolutions feeding ops of every layout kind: a per-channel and a per-column
+    constant, concatenations over channels and width, a transpose of an image and
+    one back, a value mixed with its own round trip, a flatten."""
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1]),
+        helper.make_node("Add", ["c1", "bias"], ["a"]),
+        helper.make_node("Mul", ["a", "cols"], ["m"]),
+        helper.make_node("Concat", ["m", "c1"], ["cat"], axis=1),
+        helper.make_node("Concat", ["cat", "cat"], ["wide"], axis=-1),
+        helper.make_node("MaxPool", ["wide"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("Transpose", ["p"], ["tp"], perm=[0, 1, 3, 2]),
+        helper.make_node("Transpose", ["tp"], ["back"], perm=[0, 1, 3, 2]),
+        helper.make_node("Sub", ["p", "back"], ["zero"]),
+        helper.make_node("Conv", ["tp", "w2"], ["c2"], pads=[0, 1, 0, 1]),
+        helper.make_node("Relu", ["c2"], ["r"]),
+        helper.make_node("Flatten", ["r"], ["y"]),
+    ]
+    inits = {"w1": weight(4, 3, 3, 3), "bias": weight(4, 1, 1), "cols": weight(13), "w2": weight(5, 8, 3, 3)}
+    return model(nodes, {"x": (2, 3, 11, 13)}, ["y"], inits)
+
+
+def test_channels_last_storage_keeps_every_layout_rule_of_the_file():
+    x = np.random.default_rng(5).standard_normal((2, 3, 11, 13)).astype(np.float32)
+    converted = _parity(_layout_graph(), x, outputs=["a", "m", "cat", "wide", "tp", "zero", "c2", "y"])
+    assert np.abs(converted(nhwc(x))["zero"]).max() == 0
+
+
+def _image_transposes(converted, x):
+    """The transposes of values with the batch axis (images, not weights) in the jaxpr."""
+    jaxpr = jax.make_jaxpr(converted.apply)(converted.params, x)
+    found = []
+    for eqn in jaxpr.jaxpr.eqns:
+        if eqn.primitive.name == "transpose" and eqn.invars[0].aval.shape[0] == x.shape[0]:
+            found.append(eqn.invars[0].aval.shape)
+    return found
+
+
+def test_convolutions_pools_and_elementwise_ops_run_without_image_transposes():
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
+        helper.make_node("BatchNormalization", ["c1", "g", "be", "mu", "var"], ["bn"]),
+        helper.make_node("Relu", ["bn"], ["r"]),
+        helper.make_node("MaxPool", ["r"], ["p"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]),
+        helper.make_node("Conv", ["p", "w2"], ["c2"], pads=[1, 1, 1, 1]),
+        helper.make_node("Add", ["c2", "p"], ["s"]),
+        helper.make_node("Concat", ["s", "p"], ["cat"], axis=1),
+        helper.make_node("AveragePool", ["cat"], ["y"], kernel_shape=[2, 2]),
+    ]
+    inits = {"w1": weight(4, 3, 3, 3), "b1": weight(4), "w2": weight(4, 4, 3, 3)}
+    inits |= {"g": weight(4), "be": weight(4), "mu": weight(4), "var": np.abs(weight(4)) + 0.5}
+    x = np.random.default_rng(6).standard_normal((5, 3, 11, 13)).astype(np.float32)
+    converted = _parity(model(nodes, {"x": (5, 3, 11, 13)}, ["y"], inits), x, outputs=["bn", "s", "y"])
+    assert _image_transposes(converted, nhwc(x)) == []
+
+
+# --------------------------------------------------------------------------- exported torchvision models
 # --------------------------------------------------------------------------- exported torchvision models
 
 

@@ -82,7 +82,14 @@ def gather(ctx: Ctx, x: Any, idx: Any) -> Any:
 @register("Concat", attrs=("axis",))
 def concat(ctx: Ctx, *xs: Any) -> Any:
     axis = int(ctx.attr("axis")) % np.ndim(xs[0])
-    if ctx.one_channel and rf_dynamic(ctx) and axis == 1 and np.ndim(xs[0]) == 4:
+    if ctx.channels_last and np.ndim(xs[0]) == 4:
+        axis = (0, 3, 1, 2)[axis]  # the file's axis as stored NHWC
+    if (
+        ctx.one_channel
+        and rf_dynamic(ctx)
+        and axis == (3 if ctx.channels_last else 1)
+        and np.ndim(xs[0]) == 4
+    ):
         return mean_of([x for x, d in zip(xs, ctx.dynamic) if d])
     return xp(*xs).concatenate(xs, axis=axis)
 

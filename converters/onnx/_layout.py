@@ -12,6 +12,7 @@ never the op's guess:
 * :data:`ELEMENTWISE` ops (activations, arithmetic, concatenation) run channels-last when
   an image input is stored so; their constant inputs (a bias ``(C, 1, 1)``) are
   broadcast to rank 4 and transposed the same way, so broadcasting is unchanged;
+* :data:`FOLLOWING` ops (padding) run in the layout their image input is stored in;
 * a ``Transpose`` of a 4-D image composes its permutation with the stored layout and
   stores the result in whichever layout makes it free (tf2onnx's NHWC -> NCHW transpose
   at the input costs nothing then);
@@ -40,7 +41,8 @@ ELEMENTWISE = frozenset(
     | {"Mish", "Gelu", "Clip", "PRelu", "Sqrt", "Exp", "Log", "Abs", "Neg", "Reciprocal"}
     | {"Add", "Sub", "Mul", "Div", "Pow", "Sum", "Max", "Min", "Mean", "Identity", "Dropout", "Concat"}
 )
-CHANNELS_LAST_OPS = WINDOWED | ELEMENTWISE
+FOLLOWING = frozenset({"Pad"})
+CHANNELS_LAST_OPS = WINDOWED | ELEMENTWISE | FOLLOWING
 
 
 def runs_channels_last(
@@ -54,6 +56,8 @@ def runs_channels_last(
         return False
     if node.op_type in WINDOWED:
         return bool(dynamic[0]) and not any(dynamic[1:])
+    if node.op_type in FOLLOWING:
+        return bool(dynamic[0]) and bool(stored_last[0]) and not any(dynamic[1:])
     others = [a for a, d in zip(args, dynamic) if not d and a is not None]
     return any(last for _, last in images) and all(np.ndim(a) <= 4 for a in others)
 

@@ -23,6 +23,8 @@ from rfjax.prepare import support_only
 
 # ops that can pick channels: the one-channel copy would merge what they separate
 _CHANNEL_PICKS = ("Slice", "Split", "Gather")
+# ops that turn class scores into probabilities (CAMs explain the scores before them)
+_SCORE_TAILS = ("Softmax", "LogSoftmax")
 
 
 def picks_channels(graph: Graph, node: Node) -> bool:
@@ -169,6 +171,47 @@ class OnnxModel(ConvertedModel):
             self._graph.cache["rf_bounds"] = rf_bounds(self._graph, self.global_nodes())
         b = self._graph.cache["rf_bounds"].get(self._value(self._check_name(name)))
         return None if b is None else RFBound(HW(b[0], b[1]), HW(b[2], b[3]))
+
+    def cam_layers(self) -> tuple[str, str]:
+        """``(feature layer, logits)`` for the CAM family: the logits are the graph's first
+        output, or the input of the ``Softmax``/``LogSoftmax`` that ends the graph (CAMs
+        explain pre-softmax scores); the feature layer is the last value, in graph order,
+        that the logits depend on and that is a spatial map (4-D, its height or width
+        following the input size; where the graph runs at one size only, larger than
+        1 x 1), i.e. the input of the head's global pooling or flatten."""
+        logits = self._graph.outputs[0]
+        producer = {o: n for n in self._graph.nodes for o in n.outputs if o}
+        while logits in producer and producer[logits].op_type in _SCORE_TAILS:
+            logits = producer[logits].inputs[0]
+        spatial = self._spatial_values()
+        used = {o for n in self._schedule([logits]) for o in n.outputs if o}
+        features = [v for v in spatial if v in used]
+        if not features:
+            raise RFError(
+                f"{self._graph.source} has no spatial layer before its output {logits!r}; pass layer= "
+                "(a name from .layer_names)."
+            )
+        return features[-1], logits
+
+    def _spatial_values(self) -> list[str]:
+        """4-D values (graph order) whose spatial size follows the input's, or that are
+        larger than 1 x 1 where the graph runs at one size only."""
+        h, w = int(self.input_shape[0] or 0), int(self.input_shape[1] or 0)
+        small = self._shapes(h, w, one_channel=False)
+        try:
+            large: dict[str, tuple[int, ...]] | None = self._shapes(2 * h, 2 * w, one_channel=False)
+        except Exception:  # noqa: BLE001 - a fixed-size head (a flatten before a dense layer)
+            large = None
+        out = []
+        for v in (o for n in self._graph.nodes for o in n.outputs if o):
+            shape = small.get(v, ())
+            if len(shape) != 4 or v not in self._graph.dynamic:
+                continue
+            c = self._graph.channel_axis.get(v)
+            hw = [d for a, d in enumerate(shape) if a not in (0, 1 if c is None else c)]
+            if (large is not None and large.get(v, shape) != shape) or (large is None and max(hw) > 1):
+                out.append(v)
+        return out
 
     def spatial_shapes(self, input_shape: Sequence[int]) -> dict[str, tuple[int, ...]]:
         """Every value's shape (NHWC for 4-D ones) at an ``(H, W, C)`` input, traced

@@ -127,6 +127,8 @@ def pad(ctx: Ctx, x: Any, pads: Any, value: Any = None, axes: Any = None) -> Any
     widths: list[list[int]] = [[0, 0] for _ in range(nd)]
     for i, a in enumerate(axes):
         widths[a] = [flat[i], flat[i + len(axes)]]
+    if ctx.channels_last and nd == 4:
+        widths = [widths[a] for a in (0, 2, 3, 1)]  # the file's axes as stored NHWC
     crop = tuple(slice(max(-b, 0), np.shape(x)[a] - max(-e, 0)) for a, (b, e) in enumerate(widths))
     x = x[crop]
     pad_widths = [(max(b, 0), max(e, 0)) for b, e in widths]

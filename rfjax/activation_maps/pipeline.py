@@ -26,6 +26,7 @@ from rfjax import memory
 from rfjax._types import HW, ReceptiveField
 from rfjax.activation_maps import placement as placing
 from rfjax.activation_maps.inputs import check_classes, check_images, output_index
+from rfjax.activation_maps.layers import cam_outputs
 from rfjax.activation_maps.methods import HEAD_TOL
 from rfjax.activation_maps.methods import method as lookup_method
 from rfjax.activation_maps.result import CAMResult
@@ -126,8 +127,8 @@ def class_activation_maps(
     images: Any,
     *,
     method: str = "grad_cam",
-    layer: str | int = 0,
-    logits: str | int = 1,
+    layer: str | int | None = None,
+    logits: str | int | None = None,
     params: Any = None,
     classes: Any = None,
     top_k: int = 1,
@@ -145,8 +146,12 @@ def class_activation_maps(
       images: ``(N, H, W, C)`` or one ``(H, W, C)`` image, real numbers.
       method: ``"cam"``, ``"grad_cam"``, ``"grad_cam_plus_plus"``, ``"layer_cam"`` or a name
         registered with :func:`variant`.
-      layer: key (dict) or index (tuple) of the feature map in the outputs.
-      logits: key or index of the logits in the outputs.
+      layer: key (dict) or index (tuple) of the feature map in the outputs (default 0); for
+        a converted or framework model, any layer name (default: the adapter's pick, the
+        last spatial layer before the head's global pooling; see
+        :mod:`rfjax.activation_maps.layers`).
+      logits: key or index of the logits in the outputs (default 1); for a converted or
+        framework model a layer name (default: the pre-softmax class scores).
       params: parameter pytree for ``model(params, x)``.
       classes: classes to explain: an int, a list of ints (the same for every image), or
         ``(N, k)`` per image. Default: the ``top_k`` best logits of each image.
@@ -162,6 +167,7 @@ def class_activation_maps(
       A :class:`CAMResult`.
     """
     lookup_method(method)
+    model, layer, logits = cam_outputs(model, layer, logits)
     fn, params = as_function(model, params)
     x = check_images(images)
     bound = fn if params is None else functools.partial(fn, params)

@@ -48,20 +48,33 @@ def conv(
     x: jax.Array,
     kernel: jax.Array,
     strides: Sequence[int],
-    padding: str,
+    padding: str | Sequence[tuple[int, int]],
     dilation: Sequence[int] = (1, 1),
     groups: int = 1,
     channels_first: bool = False,
 ) -> jax.Array:
     """A 2-D convolution ``x (N, H, W, C)`` (``(N, C, H, W)`` if ``channels_first``) with an
-    HWIO ``kernel``; ``padding`` is ``"SAME"`` or ``"VALID"``."""
+    HWIO ``kernel``; ``padding`` is ``"SAME"``, ``"VALID"`` or explicit ``(before, after)``
+    zero padding per spatial axis (inside XLA's convolution where it takes the
+    convolution, so no padded copy of ``x`` is made; ahead of the fast forms)."""
     kh, kw, c_group, _ = kernel.shape
     c_in = x.shape[1 if channels_first else -1]
-    if groups == 1 and (kh, kw) == (1, 1):
+    pointwise = groups == 1 and (kh, kw) == (1, 1)
+    depthwise = c_group == 1 and groups == c_in > 1
+    strided = groups == 1 and max(strides) > 1 and tuple(dilation) == (1, 1)
+    if not isinstance(padding, str):
+        pads = [(int(a), int(b)) for a, b in padding]
+        if pointwise or depthwise or strided:
+            widths = [(0, 0), (0, 0), *pads] if channels_first else [(0, 0), *pads, (0, 0)]
+            x = jnp.pad(x, widths) if any(map(any, pads)) else x
+            padding = "VALID"
+        else:
+            padding = pads
+    if pointwise:
         return _pointwise(x, kernel, strides, channels_first)
-    if c_group == 1 and groups == c_in > 1:
+    if depthwise:
         return _nhwc(_depthwise, x, channels_first, kernel, strides, padding, dilation)
-    if groups == 1 and max(strides) > 1 and tuple(dilation) == (1, 1):
+    if strided:
         return _nhwc(_space_to_depth, x, channels_first, kernel, strides, padding)
     layout = ("NCHW", "HWIO", "NCHW") if channels_first else ("NHWC", "HWIO", "NHWC")
     return lax.conv_general_dilated(

@@ -126,6 +126,16 @@ class ConvertedModel(abc.ABC):
         then takes the input's row instead of measuring (same grid checked there)."""
         return None
 
+    def cam_layers(self) -> tuple[str, str]:
+        """``(feature layer, logits)``: the names the CAM family explains by default, the
+        last spatial layer before the global pooling (or flatten) of the classifier head
+        and the pre-softmax class scores ``(N, classes)``. The default refuses: the
+        adapter cannot tell, so ``layer=`` and ``logits=`` must be given."""
+        raise RFError(
+            f"{type(self).__name__} cannot pick the CAM layer and the logits by itself; pass layer= and logits= "
+            "(names from .layer_names)."
+        )
+
     def spatial_shapes(self, input_shape: Sequence[int]) -> dict[str, tuple[int, ...]]:
         """The output shape of every layer for an ``(H, W, C)`` input, traced without
         compute. The default traces :meth:`apply` over every layer name."""

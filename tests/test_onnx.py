@@ -164,6 +164,48 @@ def test_resize_modes(mode, coords, rounding, sizes, scales):
     _parity(single("Resize", (1, 3, 11, 13), inits, opset=13, **attrs))
 
 
+# Upsample (opsets 7 to 9; ONNX Runtime refuses it from opset 10) and Resize of opset 10:
+# asymmetric coordinates, floor(size * scale) outputs; odd scales make the rounding show
+UPSAMPLE_CASES = [
+    (9, "nearest", [1, 1, 2, 3]),
+    (9, "nearest", [1, 1, 1.5, 2.5]),
+    (9, "linear", [1, 1, 2, 2]),
+    (9, "linear", [1, 1, 1.7, 2.3]),
+    (7, "nearest", [1, 1, 1.6, 2]),
+    (7, "linear", [1, 1, 1.5, 1.3]),
+    (10, "nearest", [1, 1, 0.6, 1.7]),  # Resize-10: downsampled axes round up
+    (10, "linear", [1, 1, 0.45, 2.2]),
+]
+
+
+@pytest.mark.parametrize("opset, mode, scales", UPSAMPLE_CASES)
+def test_upsample_and_opset_10_resize_match_onnxruntime(opset, mode, scales):
+    if opset == 7:
+        proto = single("Upsample", (1, 3, 11, 13), opset=7, mode=mode, scales=[float(s) for s in scales])
+    else:
+        op = "Resize" if opset == 10 else "Upsample"
+        proto = single(op, (1, 3, 11, 13), {"s": np.array(scales, np.float32)}, opset=opset, mode=mode)
+    converted = _parity(proto)
+    h, w = (int(np.floor(np.float32(n) * np.float32(s))) for n, s in zip((11, 13), scales[2:]))
+    assert converted(nhwc(X))["y"].shape == (1, h, w, 3)
+
+
+def test_upsample_in_a_graph_keeps_the_rf_closed_form_unknown_and_refuses_cubic():
+    from rfjax.errors import RFError
+
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
+        helper.make_node("Upsample", ["c", "s"], ["y"], name="up", mode="nearest"),
+    ]
+    inits = {"w": weight(2, 3, 3, 3), "s": np.array([1, 1, 2, 2], np.float32)}
+    converted = _parity(model(nodes, {"x": (1, 3, 11, 13)}, ["y"], inits, opset=9))
+    assert converted.rf_bound("c") is not None and converted.rf_bound("y") is None
+    with pytest.raises(RFError, match=r"node 'the_upsample' \(Upsample\).*mode='cubic'"):
+        converters.from_onnx(single("Upsample", (1, 3, 8, 8), {"s": inits["s"]}, opset=9, mode="cubic"))(
+            nhwc(X[:, :, :8, :8])
+        )
+
+
 ACTIVATIONS = [
     ("Relu", {}),
     ("LeakyRelu", {"alpha": 0.3}),
@@ -287,6 +329,67 @@ def test_layout_ops_split_slice_transpose_squeeze():
     _parity(model(nodes, {"x": (1, 3, 11, 13)}, ["y"], inits), outputs=["s", "t", "y"])
 
 
+def _layout_graph():
+    """Convolutions feeding ops of every layout kind: a per-channel and a per-column
+    constant, concatenations over channels and width, a transpose of an image and
+    one back, a value mixed with its own round trip, a flatten."""
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1]),
+        helper.make_node("Add", ["c1", "bias"], ["a"]),
+        helper.make_node("Mul", ["a", "cols"], ["m"]),
+        helper.make_node("Concat", ["m", "c1"], ["cat"], axis=1),
+        helper.make_node("Concat", ["cat", "cat"], ["wide"], axis=-1),
+        helper.make_node("MaxPool", ["wide"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("Transpose", ["p"], ["tp"], perm=[0, 1, 3, 2]),
+        helper.make_node("Transpose", ["tp"], ["back"], perm=[0, 1, 3, 2]),
+        helper.make_node("Sub", ["p", "back"], ["zero"]),
+        helper.make_node("Conv", ["tp", "w2"], ["c2"], pads=[0, 1, 0, 1]),
+        helper.make_node("Relu", ["c2"], ["r"]),
+        helper.make_node("Pad", ["r", "pads"], ["pd"], mode="constant"),
+        helper.make_node("Flatten", ["pd"], ["y"]),
+    ]
+    inits = {"w1": weight(4, 3, 3, 3), "bias": weight(4, 1, 1), "cols": weight(13), "w2": weight(5, 8, 3, 3)}
+    inits["pads"] = np.array([0, 1, 0, 2, 0, 2, 1, 0], np.int64)  # channels too
+    return model(nodes, {"x": (2, 3, 11, 13)}, ["y"], inits)
+
+
+def test_channels_last_storage_keeps_every_layout_rule_of_the_file():
+    x = np.random.default_rng(5).standard_normal((2, 3, 11, 13)).astype(np.float32)
+    converted = _parity(_layout_graph(), x, outputs=["a", "m", "cat", "wide", "tp", "zero", "c2", "pd", "y"])
+    assert np.abs(converted(nhwc(x))["zero"]).max() == 0
+
+
+def _image_transposes(converted, x):
+    """The transposes of values with the batch axis (images, not weights) in the jaxpr."""
+    jaxpr = jax.make_jaxpr(converted.apply)(converted.params, x)
+    found = []
+    for eqn in jaxpr.jaxpr.eqns:
+        if eqn.primitive.name == "transpose" and eqn.invars[0].aval.shape[0] == x.shape[0]:
+            found.append(eqn.invars[0].aval.shape)
+    return found
+
+
+def test_convolutions_pools_and_elementwise_ops_run_without_image_transposes():
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
+        helper.make_node("BatchNormalization", ["c1", "g", "be", "mu", "var"], ["bn"]),
+        helper.make_node("Relu", ["bn"], ["r"]),
+        helper.make_node("Pad", ["r", "pads"], ["rp"], mode="constant"),
+        helper.make_node("MaxPool", ["rp"], ["p"], kernel_shape=[3, 3], strides=[2, 2]),
+        helper.make_node("Conv", ["p", "w2"], ["c2"], pads=[1, 1, 1, 1]),
+        helper.make_node("Add", ["c2", "p"], ["s"]),
+        helper.make_node("Concat", ["s", "p"], ["cat"], axis=1),
+        helper.make_node("AveragePool", ["cat"], ["y"], kernel_shape=[2, 2]),
+    ]
+    inits = {"w1": weight(4, 3, 3, 3), "b1": weight(4), "w2": weight(4, 4, 3, 3)}
+    inits["pads"] = np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64)  # ZeroPadding2D in tf2onnx files
+    inits |= {"g": weight(4), "be": weight(4), "mu": weight(4), "var": np.abs(weight(4)) + 0.5}
+    x = np.random.default_rng(6).standard_normal((5, 3, 11, 13)).astype(np.float32)
+    converted = _parity(model(nodes, {"x": (5, 3, 11, 13)}, ["y"], inits), x, outputs=["bn", "s", "y"])
+    assert _image_transposes(converted, nhwc(x)) == []
+
+
+# --------------------------------------------------------------------------- exported torchvision models
 # --------------------------------------------------------------------------- exported torchvision models
 
 
@@ -633,8 +736,8 @@ def test_unsupported_op_names_node_type_opset_and_the_supported_list():
 def test_unsupported_opset_and_unknown_attribute_are_refused():
     from rfjax.errors import RFError
 
-    with pytest.raises(RFError, match="uses opset 10 of the default ONNX domain; rfjax reads opsets 11 to"):
-        converters.from_onnx(single("Relu", (1, 3, 8, 8), opset=10))
+    with pytest.raises(RFError, match="uses opset 6 of the default ONNX domain; rfjax reads opsets 7 to"):
+        converters.from_onnx(single("Relu", (1, 3, 8, 8), opset=6))
     with pytest.raises(RFError, match=r"node 'the_conv' \(Conv\).*attribute\(s\) \['winograd'\]"):
         converters.from_onnx(single("Conv", (1, 3, 11, 13), {"w": W3}, winograd=1))
 
@@ -760,3 +863,89 @@ def test_one_channel_copy_only_where_no_op_picks_channels():
 def test_split_into_equal_parts_counts_unused_outputs():
     node = helper.make_node("Split", ["x"], ["a", "b", "c"], axis=3, num_outputs=3)
     _parity(model([node], {"x": (1, 3, 11, 13)}, ["a"], opset=18))
+
+
+# --------------------------------------------------------------------------- CAM on ONNX classifiers
+
+
+def _torch_grad_cam(module, block, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Grad-CAM of the top logit of each image at ``block``'s output, computed by PyTorch
+    (forward hook, autograd): ``(maps (N, h, w), classes (N,), logits (N, classes))``."""
+    import torch
+
+    seen = {}
+    hook = block.register_forward_hook(lambda m, i, o: seen.update(a=o))
+    try:
+        logits = module(torch.from_numpy(x))
+    finally:
+        hook.remove()
+    top = logits.argmax(dim=1)
+    maps = []
+    for n in range(x.shape[0]):
+        (g,) = torch.autograd.grad(logits[n, top[n]], seen["a"], retain_graph=True)
+        a, g = seen["a"][n], g[n]  # (K, h, w)
+        maps.append(torch.relu((g.mean(dim=(1, 2))[:, None, None] * a).sum(0)).detach().numpy())
+    return np.stack(maps), top.numpy(), logits.detach().numpy()
+
+
+def test_grad_cam_of_an_onnx_file_equals_pytorchs_on_the_native_model(exported):
+    import onnx
+
+    import rfjax
+
+    path, module = exported("resnet18")
+    x = np.random.default_rng(7).standard_normal((2, 3, 64, 64)).astype(np.float32)
+    want, top, _ = _torch_grad_cam(module, module.layer4, x)
+    r = rfjax.grad_cam(path, nhwc(x), placement="resize")
+    relus = [n.output[0] for n in onnx.load(path).graph.node if n.op_type == "Relu"]
+    assert r.layer == relus[-1]  # the input of the global average pooling
+    np.testing.assert_array_equal(r.classes[:, 0], top)
+    for n in range(2):
+        assert_close(r.maps[n, 0], want[n], what=f"image {n}")
+    layer3 = [v for v in relus if v.startswith("/layer3/")][-1]
+    want3, _, _ = _torch_grad_cam(module, module.layer3, x)
+    r3 = rfjax.grad_cam(path, nhwc(x), layer=layer3, placement="resize")
+    assert r3.maps.shape[2:] == want3.shape[1:] == (4, 4)
+    for n in range(2):
+        assert_close(r3.maps[n, 0], want3[n], what=f"layer3, image {n}")
+
+
+def test_cam_explains_the_logits_before_a_final_softmax(tmp_path):
+    import onnx
+    import torch
+    import torchvision
+
+    import rfjax
+
+    torch.manual_seed(1)
+    net = torchvision.models.resnet18(weights=None, num_classes=5).eval()
+    path = _export(torch.nn.Sequential(net, torch.nn.Softmax(dim=1)), 64, tmp_path / "soft.onnx")
+    graph = onnx.load(path).graph
+    assert graph.node[-1].op_type == "Softmax"
+    feature, logits = converters.from_onnx(path).cam_layers()
+    assert (
+        logits == graph.node[-1].input[0]
+        and feature == [n.output[0] for n in graph.node if n.op_type == "Relu"][-1]
+    )
+    x = np.random.default_rng(8).standard_normal((2, 3, 64, 64)).astype(np.float32)
+    want, top, scores = _torch_grad_cam(net, net.layer4, x)
+    r = rfjax.grad_cam(path, nhwc(x), placement="resize")
+    np.testing.assert_array_equal(r.classes[:, 0], top)
+    probs = np.exp(scores - scores.max(1, keepdims=True))
+    probs /= probs.sum(1, keepdims=True)
+    np.testing.assert_allclose(r.probabilities[:, 0], probs[np.arange(2), top], rtol=1e-4)
+    for n in range(2):
+        assert_close(r.maps[n, 0], want[n], what=f"image {n}")
+
+
+def test_cam_layer_pick_refuses_a_graph_without_spatial_layers():
+    from rfjax.errors import RFError
+
+    nodes = [
+        helper.make_node("GlobalAveragePool", ["x"], ["g"]),
+        helper.make_node("Flatten", ["g"], ["f"]),
+        helper.make_node("Gemm", ["f", "w"], ["y"]),
+    ]
+    converted = converters.from_onnx(model(nodes, {"x": (1, 3, 8, 8)}, ["y"], {"w": weight(3, 4)}))
+    with pytest.raises(RFError, match="no spatial layer before its output 'y'; pass layer="):
+        converted.cam_layers()

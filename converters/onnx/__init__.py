@@ -39,7 +39,7 @@ def from_onnx(
 
     Args:
       path_or_model: a ``.onnx`` path (external data files next to it are read) or an
-        ``onnx.ModelProto``; default-domain opsets 11 to the newest ``onnx`` knows.
+        ``onnx.ModelProto``; default-domain opsets 7 to the newest ``onnx`` knows.
       outputs: value names to return (default: the graph's outputs); any node output,
         or a node's name for its first output (see ``.layer_names``).
       input_shape: ``(H, W, C)``, required when the file's spatial size is dynamic.

@@ -65,3 +65,16 @@ def normalised(ctx: Ctx, x: jax.Array, axes: tuple[int, ...]) -> jax.Array:
         return x
     m = jnp.mean(x, axis=axes, keepdims=True)
     return product(x, m)
+
+
+def spatial_axes(ctx: Ctx, ndim: int) -> tuple[int, ...]:
+    """The spatial axes of an image value as stored: ``(1, 2)`` for a channels-last 4-D
+    value, ``(2, ..., ndim - 1)`` in the file's channels-first layout."""
+    return (1, 2) if ctx.channels_last and ndim == 4 else tuple(range(2, ndim))
+
+
+def around(ctx: Ctx, ndim: int, spatial: Any, fill: Any) -> tuple:
+    """Per-axis values of a stored image value: ``spatial`` on the spatial axes, ``fill``
+    on the batch and channel axes (window shapes, strides, pads)."""
+    spatial = tuple(spatial)
+    return (fill, *spatial, fill) if ctx.channels_last and ndim == 4 else (fill, fill, *spatial)

@@ -57,7 +57,7 @@ _KEEPS_LAYOUT = frozenset(
         "Pow",
     }
     | {"Sum", "Max", "Min", "Mean", "Where", "Identity", "Dropout", "Cast", "Concat", "Split", "Slice", "Pad"}
-    | {"Resize", "LayerNormalization", "Softmax", "LogSoftmax"}
+    | {"Resize", "Upsample", "LayerNormalization", "Softmax", "LogSoftmax"}
 )
 
 

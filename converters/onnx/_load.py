@@ -8,7 +8,7 @@ from typing import Any
 
 from rfjax.errors import RFError
 
-MIN_OPSET = 11
+MIN_OPSET = 7
 
 
 def load(model: Any) -> tuple[Any, str]:

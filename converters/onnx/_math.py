@@ -235,9 +235,10 @@ register("LogSoftmax", attrs=("axis",), reduces=_softmax_axes)(_softmax(True))
 # ----------------------------------------------------------------------------- normalisation
 
 
-def _channel(v: Any, ndim: int) -> Any:
-    """A per-channel vector shaped to broadcast over ``(N, C, ...)``."""
-    return jnp.reshape(v, (1, -1) + (1,) * (ndim - 2))
+def _channel(v: Any, ndim: int, last: bool = False) -> Any:
+    """A per-channel vector shaped to broadcast over ``(N, C, ...)``, or over ``(N, H, W, C)``
+    when ``last`` (a channels-last 4-D image)."""
+    return v if last and ndim == 4 else jnp.reshape(v, (1, -1) + (1,) * (ndim - 2))
 
 
 @register("BatchNormalization", attrs=("epsilon", "momentum", "training_mode", "spatial"))
@@ -249,8 +250,9 @@ def batch_norm(ctx: Ctx, x: Any, scale: Any, bias: Any, mean: Any, var: Any) -> 
         raise RFError("the running mean and variance outputs (training mode) are not supported.")
     if rf_dynamic(ctx, 0):
         return x
-    inv = _channel(scale, x.ndim) / jnp.sqrt(_channel(var, x.ndim) + ctx.attr("epsilon", 1e-5))
-    return (x - _channel(mean, x.ndim)) * inv + _channel(bias, x.ndim)
+    last = ctx.channels_last
+    inv = _channel(scale, x.ndim, last) / jnp.sqrt(_channel(var, x.ndim, last) + ctx.attr("epsilon", 1e-5))
+    return (x - _channel(mean, x.ndim, last)) * inv + _channel(bias, x.ndim, last)
 
 
 def _instance_axes(ctx: Ctx, ndim: int) -> tuple[int, ...]:

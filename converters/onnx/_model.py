@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
@@ -10,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from converters._registry import check_name
+from converters.onnx import _layout as layout
 from converters.onnx._common import static
 from converters.onnx._geometry import rf_bounds
 from converters.onnx._graph import Graph, Node
@@ -21,6 +23,8 @@ from rfjax.prepare import support_only
 
 # ops that can pick channels: the one-channel copy would merge what they separate
 _CHANNEL_PICKS = ("Slice", "Split", "Gather")
+# ops that turn class scores into probabilities (CAMs explain the scores before them)
+_SCORE_TAILS = ("Softmax", "LogSoftmax")
 
 
 def picks_channels(graph: Graph, node: Node) -> bool:
@@ -70,7 +74,8 @@ class OnnxModel(ConvertedModel):
         graph order (node names also work where they differ from their first output).
       input_shape: ``(H, W, C)``.
 
-    The file computes in NCHW; images in and 4-D maps out are NHWC here.
+    The file computes in NCHW; images in and 4-D maps out are NHWC here, and inside
+    the image values stay NHWC wherever the ops allow (:mod:`converters.onnx._layout`).
     """
 
     def __init__(
@@ -121,9 +126,8 @@ class OnnxModel(ConvertedModel):
     def apply(self, params: Any, x: jax.Array) -> dict[str, jax.Array]:
         """Run on an NHWC batch ``(N, H, W, C)``; returns ``{name: array}`` for
         :attr:`output_names` (4-D maps NHWC). Pure and jit-able."""
-        env = self._run(params, jnp.asarray(x, jnp.float32), self._plan)
-        axes = self._graph.channel_axis
-        return {n: _to_nhwc(env[self._value(n)], axes.get(self._value(n))) for n in self.output_names}
+        env, last = self._run(params, jnp.asarray(x, jnp.float32), self._plan)
+        return {n: self._nhwc(env, last, self._value(n)) for n in self.output_names}
 
     def with_outputs(self, outputs: str | Sequence[str]) -> OnnxModel:
         return self._copy(outputs=outputs)
@@ -168,6 +172,47 @@ class OnnxModel(ConvertedModel):
         b = self._graph.cache["rf_bounds"].get(self._value(self._check_name(name)))
         return None if b is None else RFBound(HW(b[0], b[1]), HW(b[2], b[3]))
 
+    def cam_layers(self) -> tuple[str, str]:
+        """``(feature layer, logits)`` for the CAM family: the logits are the graph's first
+        output, or the input of the ``Softmax``/``LogSoftmax`` that ends the graph (CAMs
+        explain pre-softmax scores); the feature layer is the last value, in graph order,
+        that the logits depend on and that is a spatial map (4-D, its height or width
+        following the input size; where the graph runs at one size only, larger than
+        1 x 1), i.e. the input of the head's global pooling or flatten."""
+        logits = self._graph.outputs[0]
+        producer = {o: n for n in self._graph.nodes for o in n.outputs if o}
+        while logits in producer and producer[logits].op_type in _SCORE_TAILS:
+            logits = producer[logits].inputs[0]
+        spatial = self._spatial_values()
+        used = {o for n in self._schedule([logits]) for o in n.outputs if o}
+        features = [v for v in spatial if v in used]
+        if not features:
+            raise RFError(
+                f"{self._graph.source} has no spatial layer before its output {logits!r}; pass layer= "
+                "(a name from .layer_names)."
+            )
+        return features[-1], logits
+
+    def _spatial_values(self) -> list[str]:
+        """4-D values (graph order) whose spatial size follows the input's, or that are
+        larger than 1 x 1 where the graph runs at one size only."""
+        h, w = int(self.input_shape[0] or 0), int(self.input_shape[1] or 0)
+        small = self._shapes(h, w, one_channel=False)
+        try:
+            large: dict[str, tuple[int, ...]] | None = self._shapes(2 * h, 2 * w, one_channel=False)
+        except Exception:  # noqa: BLE001 - a fixed-size head (a flatten before a dense layer)
+            large = None
+        out = []
+        for v in (o for n in self._graph.nodes for o in n.outputs if o):
+            shape = small.get(v, ())
+            if len(shape) != 4 or v not in self._graph.dynamic:
+                continue
+            c = self._graph.channel_axis.get(v)
+            hw = [d for a, d in enumerate(shape) if a not in (0, 1 if c is None else c)]
+            if (large is not None and large.get(v, shape) != shape) or (large is None and max(hw) > 1):
+                out.append(v)
+        return out
+
     def spatial_shapes(self, input_shape: Sequence[int]) -> dict[str, tuple[int, ...]]:
         """Every value's shape (NHWC for 4-D ones) at an ``(H, W, C)`` input, traced
         through the one-channel RF copy when it exists (one channel then)."""
@@ -191,31 +236,60 @@ class OnnxModel(ConvertedModel):
         )
 
     # ------------------------------------------------------------------ interpreter
-    def _run(self, params: Any, x: jax.Array, plan: Sequence[Node], supports: bool = True) -> dict[str, Any]:
-        """Every value the plan computes, from an NHWC image."""
-        if x.ndim == 4:
-            x = x if self._graph.channels_last else jnp.transpose(x, (0, 3, 1, 2))
-            if self._one:
-                x = jnp.mean(x, axis=self._graph.channel_axis[self._graph.input], keepdims=True)
-        env: dict[str, Any] = {**self._graph.consts, **params, self._graph.input: x}
+    def _run(
+        self, params: Any, x: jax.Array, plan: Sequence[Node], supports: bool = True
+    ) -> tuple[dict[str, Any], set[str]]:
+        """Every value the plan computes, from an NHWC image, and the names of the values
+        stored channels-last (the others are in the file's layout)."""
+        graph, last = self._graph, set[str]()
+        if x.ndim == 4 and not graph.channels_last:
+            last.add(graph.input)  # the file's NCHW image, stored NHWC: as given
+        if x.ndim == 4 and self._one:
+            x = jnp.mean(x, axis=3 if last else graph.channel_axis[graph.input], keepdims=True)
+        env: dict[str, Any] = {**graph.consts, **params, graph.input: x}
         for node in plan:
             op, n_used = self._specs[node.name]
             args = [env[i] if i else None for i in node.inputs]
             for k in op.static:
                 if k < len(args) and not static(args[k]):
                     raise RFError(
-                        f"node {node.name!r} ({node.op_type}) of {self._graph.source}: input {k} "
+                        f"node {node.name!r} ({node.op_type}) of {graph.source}: input {k} "
                         f"({node.inputs[k]!r}) must be a constant, not computed from the image."
                     )
             ctx = self._ctx(node, op, n_used)
+            stored = [i in last for i in node.inputs]
+            if (
+                node.op_type == "Transpose"
+                and ctx.dynamic[0]
+                and args[0] is not None
+                and np.ndim(args[0]) == 4
+            ):
+                perm = node.attrs.get("perm") or [3, 2, 1, 0]
+                y, y_last = layout.transpose(args[0], stored[0], perm)
+                env[node.outputs[0]] = y
+                last.update(node.outputs[:1] if y_last else ())
+                continue
+            on_last = layout.runs_channels_last(node, args, stored, ctx.dynamic)
+            args = layout.arguments(node, args, stored, ctx.dynamic, on_last)
+            ctx = dataclasses.replace(ctx, channels_last=on_last)
             out = self._call(node, op, ctx, args)
             outs = out if isinstance(out, tuple) else (out,)
             if node.name in self._hold and op.reduces is None:
                 outs = tuple(jax.lax.stop_gradient(o) for o in outs)
             elif supports and self._one and op.spreads and _spreads(node, args):
                 outs = tuple(support_only(o) for o in outs)
-            env.update((name, v) for name, v in zip(node.outputs, outs) if name)
-        return env
+            for name, v in zip(node.outputs, outs):
+                if name:
+                    env[name] = v
+                    last.update((name,) if on_last and np.ndim(v) == 4 else ())
+        return env, last
+
+    def _nhwc(self, env: dict[str, Any], last: set[str], name: str) -> Any:
+        """Value ``name`` as :meth:`apply` returns it (4-D ones with their channels last)."""
+        c = self._graph.channel_axis.get(name)
+        if name in last and c in (1, None):
+            return _to_nhwc(env[name], 3)  # stored as it is returned
+        return _to_nhwc(layout.to_file(env[name], name in last), c)
 
     def _ctx(self, node: Node, op: OpSpec, n_used: int) -> Ctx:
         dyn = tuple(i in self._graph.dynamic for i in node.inputs)
@@ -285,7 +359,12 @@ class OnnxModel(ConvertedModel):
         if key not in self._graph.cache:
             model = self._copy(rf=True, one_channel=True, hold=frozenset()) if one_channel else self
             x = jax.ShapeDtypeStruct((1, h, w, self.input_shape[2]), jnp.float32)
-            env = jax.eval_shape(lambda x: model._run(model.params, x, self._graph.nodes, supports=False), x)
+
+            def run(x: jax.Array) -> dict[str, Any]:
+                env, last = model._run(model.params, x, self._graph.nodes, supports=False)
+                return {k: layout.to_file(v, k in last) for k, v in env.items()}
+
+            env = jax.eval_shape(run, x)
             self._graph.cache[key] = {k: tuple(np.shape(v)) for k, v in env.items()}
         return self._graph.cache[key]
 

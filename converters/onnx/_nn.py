@@ -1,4 +1,5 @@
-"""Convolutions, pooling and dense layers (NCHW, ONNX padding rules).
+"""Convolutions, pooling and dense layers (ONNX padding rules; 4-D images NCHW as in the
+file, or NHWC when the interpreter stores them channels-last, ``ctx.channels_last``).
 
 In the RF copy convolution kernels are the constant ``1 / (C_in_per_group *
 sqrt(kh * kw))`` with the kernel's own shape (one input and output channel in the
@@ -19,7 +20,7 @@ from jax import lax
 
 from converters._conv import conv as fast_conv
 from converters._conv import max_pool as fast_max_pool
-from converters.onnx._common import rf_dynamic
+from converters.onnx._common import around, rf_dynamic, spatial_axes
 from converters.onnx._registry import Ctx, register
 from rfjax.errors import RFError
 
@@ -62,14 +63,23 @@ def conv(ctx: Ctx, x: Any, w: Any, b: Any = None) -> Any:
     fast forms of :mod:`converters._conv`."""
     groups = int(ctx.attr("group", 1))
     kernel = tuple(w.shape[2:])
-    strides, dil, pads = _geometry(ctx, tuple(x.shape[2:]), kernel)
+    strides, dil, pads = _geometry(ctx, tuple(x.shape[a] for a in spatial_axes(ctx, x.ndim)), kernel)
     if rf_dynamic(ctx, 0):
         w, groups = _rf_kernel(w, groups, ctx.one_channel)
         b = None
     if x.ndim == 4:
-        x = jnp.pad(x, ((0, 0), (0, 0), *pads)) if any(p != (0, 0) for p in pads) else x
-        x = jnp.transpose(x, (0, 2, 3, 1))  # NHWC, where the fast forms and XLA:CPU's convolution are fastest
-        y = fast_conv(x, jnp.transpose(w, (2, 3, 1, 0)), strides, "VALID", dil, groups)
+        # NHWC, where the fast forms and XLA:CPU's convolution are fastest; the padding
+        # inside XLA's convolution where it takes it (no padded copy of x)
+        y = fast_conv(
+            x if ctx.channels_last else jnp.transpose(x, (0, 2, 3, 1)),
+            jnp.transpose(w, (2, 3, 1, 0)),
+            strides,
+            pads,
+            dil,
+            groups,
+        )
+        if ctx.channels_last:
+            return y if b is None else y + b
         y = jnp.transpose(y, (0, 3, 1, 2))
     else:
         y = lax.conv_general_dilated(x, w, strides, pads, rhs_dilation=dil, feature_group_count=groups)
@@ -130,7 +140,7 @@ def _pool_geometry(ctx: Ctx, x: Any) -> tuple[list, list, list, list]:
     """``(window, strides, dilations, pads)`` with ``ceil_mode``'s extra padding added at
     the end (the last window must start inside the input or its leading padding)."""
     kernel = list(ctx.attr("kernel_shape"))
-    spatial = tuple(x.shape[2:])
+    spatial = tuple(x.shape[a] for a in spatial_axes(ctx, x.ndim))
     strides, dil, pads = _geometry(ctx, spatial, kernel)
     if ctx.attr("ceil_mode", 0):
         grown = []
@@ -144,29 +154,38 @@ def _pool_geometry(ctx: Ctx, x: Any) -> tuple[list, list, list, list]:
     return kernel, strides, dil, pads
 
 
-def _window(x: Any, init: float, op: Any, kernel: list, strides: list, dil: list, pads: list) -> Any:
+def _window(
+    ctx: Ctx, x: Any, init: float, op: Any, kernel: list, strides: list, dil: list, pads: list
+) -> Any:
+    nd = x.ndim
     return lax.reduce_window(
-        x, init, op, (1, 1, *kernel), (1, 1, *strides), ((0, 0), (0, 0), *pads), window_dilation=(1, 1, *dil)
+        x,
+        init,
+        op,
+        around(ctx, nd, kernel, 1),
+        around(ctx, nd, strides, 1),
+        around(ctx, nd, pads, (0, 0)),
+        window_dilation=around(ctx, nd, dil, 1),
     )
 
 
 def _average(ctx: Ctx, x: Any, kernel: list, strides: list, dil: list, pads: list, include_pad: bool) -> Any:
     """Average pooling; ``include_pad`` counts the explicit padding (never ``ceil_mode``'s)."""
-    total = _window(x, 0.0, lax.add, kernel, strides, dil, pads)
-    spatial = tuple(x.shape[2:])
-    ones = np.ones((1, 1, *spatial), np.float32)
+    total = _window(ctx, x, 0.0, lax.add, kernel, strides, dil, pads)
+    spatial = tuple(x.shape[a] for a in spatial_axes(ctx, x.ndim))
+    ones = np.ones(around(ctx, x.ndim, spatial, 1), np.float32)
     if include_pad:
         explicit = _geometry(ctx, spatial, kernel)[2]
-        ones = np.pad(ones, ((0, 0), (0, 0), *explicit), constant_values=1.0)
+        ones = np.pad(ones, around(ctx, x.ndim, explicit, (0, 0)), constant_values=1.0)
         pads = [(p0 - e0, p1 - e1) for (p0, p1), (e0, e1) in zip(pads, explicit)]
-    count = _count(ones, kernel, strides, dil, pads)
+    count = _count(ctx, ones, kernel, strides, dil, pads)
     return total / count
 
 
-def _count(ones: np.ndarray, kernel: list, strides: list, dil: list, pads: list) -> np.ndarray:
+def _count(ctx: Ctx, ones: np.ndarray, kernel: list, strides: list, dil: list, pads: list) -> np.ndarray:
     """How many counted pixels each window covers (numpy, static)."""
     with jax.ensure_compile_time_eval():
-        return np.asarray(_window(jnp.asarray(ones), 0.0, lax.add, kernel, strides, dil, pads))
+        return np.asarray(_window(ctx, jnp.asarray(ones), 0.0, lax.add, kernel, strides, dil, pads))
 
 
 @register(
@@ -182,9 +201,9 @@ def max_pool(ctx: Ctx, x: Any) -> Any:
     if rf_dynamic(ctx):
         return _average(ctx, x, kernel, strides, dil, pads, include_pad=False)
     if x.ndim == 4 and dil == [1, 1]:
-        x = jnp.pad(x, ((0, 0), (0, 0), *pads), constant_values=-jnp.inf)
-        return fast_max_pool(x, (1, 1, *kernel), (1, 1, *strides), "VALID")
-    return _window(x, -jnp.inf, lax.max, kernel, strides, dil, pads)
+        x = jnp.pad(x, around(ctx, 4, pads, (0, 0)), constant_values=-jnp.inf)
+        return fast_max_pool(x, around(ctx, 4, kernel, 1), around(ctx, 4, strides, 1), "VALID")
+    return _window(ctx, x, -jnp.inf, lax.max, kernel, strides, dil, pads)
 
 
 @register(
@@ -199,13 +218,13 @@ def average_pool(ctx: Ctx, x: Any) -> Any:
 
 @register("GlobalAveragePool")
 def global_average_pool(ctx: Ctx, x: Any) -> Any:
-    return jnp.mean(x, axis=tuple(range(2, x.ndim)), keepdims=True)
+    return jnp.mean(x, axis=spatial_axes(ctx, x.ndim), keepdims=True)
 
 
 @register("GlobalMaxPool")
 def global_max_pool(ctx: Ctx, x: Any) -> Any:
     reduce = jnp.mean if rf_dynamic(ctx) else jnp.max
-    return reduce(x, axis=tuple(range(2, x.ndim)), keepdims=True)
+    return reduce(x, axis=spatial_axes(ctx, x.ndim), keepdims=True)
 
 
 # ----------------------------------------------------------------------------- dense

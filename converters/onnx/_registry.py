@@ -41,6 +41,9 @@ class Ctx:
       opset: the model's default-domain opset version.
       n_outputs: how many of the node's outputs the graph uses (by position, the last used one's index + 1).
       declared: how many outputs the node declares (a ``Split``'s part count).
+      channels_last: the node's 4-D image values are stored NHWC, ``(N, H, W, C)``, not
+        in the file's NCHW (the interpreter chooses it for the ops in
+        :data:`converters.onnx._layout.CHANNELS_LAST_OPS`, whose functions honour it).
     """
 
     name: str
@@ -52,6 +55,7 @@ class Ctx:
     opset: int = 0
     n_outputs: int = 1
     declared: int = 1
+    channels_last: bool = False
 
     def attr(self, key: str, default: Any = None) -> Any:
         return self.attrs.get(key, default)

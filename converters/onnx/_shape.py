@@ -63,7 +63,7 @@ def identity(ctx: Ctx, x: Any) -> Any:
     return x
 
 
-@register("Dropout", attrs=("seed",), static=(1, 2))
+@register("Dropout", attrs=("ratio", "seed"), static=(1, 2))
 def dropout(ctx: Ctx, x: Any, ratio: Any = None, training: Any = None) -> Any:
     """Inference dropout: the identity (a mask output, when used, is all ones)."""
     if training is not None and bool(np.asarray(training)):
@@ -82,7 +82,14 @@ def gather(ctx: Ctx, x: Any, idx: Any) -> Any:
 @register("Concat", attrs=("axis",))
 def concat(ctx: Ctx, *xs: Any) -> Any:
     axis = int(ctx.attr("axis")) % np.ndim(xs[0])
-    if ctx.one_channel and rf_dynamic(ctx) and axis == 1 and np.ndim(xs[0]) == 4:
+    if ctx.channels_last and np.ndim(xs[0]) == 4:
+        axis = (0, 3, 1, 2)[axis]  # the file's axis as stored NHWC
+    if (
+        ctx.one_channel
+        and rf_dynamic(ctx)
+        and axis == (3 if ctx.channels_last else 1)
+        and np.ndim(xs[0]) == 4
+    ):
         return mean_of([x for x, d in zip(xs, ctx.dynamic) if d])
     return xp(*xs).concatenate(xs, axis=axis)
 
@@ -120,6 +127,8 @@ def pad(ctx: Ctx, x: Any, pads: Any, value: Any = None, axes: Any = None) -> Any
     widths: list[list[int]] = [[0, 0] for _ in range(nd)]
     for i, a in enumerate(axes):
         widths[a] = [flat[i], flat[i + len(axes)]]
+    if ctx.channels_last and nd == 4:
+        widths = [widths[a] for a in (0, 2, 3, 1)]  # the file's axes as stored NHWC
     crop = tuple(slice(max(-b, 0), np.shape(x)[a] - max(-e, 0)) for a, (b, e) in enumerate(widths))
     x = x[crop]
     pad_widths = [(max(b, 0), max(e, 0)) for b, e in widths]

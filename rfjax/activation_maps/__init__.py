@@ -4,7 +4,9 @@ Modules: :mod:`~rfjax.activation_maps.methods` (the registry of methods), :mod:`
 (the one compiled program), :mod:`~rfjax.activation_maps.sampling` (its class, path and
 noise axes), :mod:`~rfjax.activation_maps.tap` (gradients at any layer of any JAX
 function), :mod:`~rfjax.activation_maps.placement` (RF-aware placement), :mod:`~rfjax.activation_maps.metrics`
-(boxes, IoU, pointing game), :mod:`~rfjax.activation_maps.inputs` (argument checks).
+(boxes, IoU, pointing game), :mod:`~rfjax.activation_maps.inputs` (argument checks),
+:mod:`~rfjax.activation_maps.layers` (the feature layer and logits of a converted model, by
+name or the adapter's pick).
 
 The pipeline (one jit-compiled XLA program per model, method and input shape):
 

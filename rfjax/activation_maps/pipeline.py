@@ -35,6 +35,7 @@ from rfjax.activation_maps.inputs import (
     output_shapes,
     prng_key,
 )
+from rfjax.activation_maps.layers import cam_outputs
 from rfjax.activation_maps.methods import HEAD_TOL, INPUT_METHODS
 from rfjax.activation_maps.methods import method as lookup_method
 from rfjax.activation_maps.result import CAMResult
@@ -176,8 +177,8 @@ def class_activation_maps(
     images: Any,
     *,
     method: str = "grad_cam",
-    layer: str | int = 0,
-    logits: str | int = 1,
+    layer: str | int | None = None,
+    logits: str | int | None = None,
     params: Any = None,
     classes: Any = None,
     top_k: int = 1,
@@ -204,8 +205,12 @@ def class_activation_maps(
         or a name registered with :func:`variant`. The input methods (``"saliency"``,
         ``"integrated_gradients"``) explain the image: ``layer`` and ``placement`` do not
         apply and the maps are ``(N, k, H, W)``.
-      layer: key (dict) or index (tuple) of the feature map in the outputs.
-      logits: key or index of the logits in the outputs.
+      layer: key (dict) or index (tuple) of the feature map in the outputs (default 0); for
+        a converted or framework model, any layer name (default: the adapter's pick, the
+        last spatial layer before the head's global pooling; see
+        :mod:`rfjax.activation_maps.layers`).
+      logits: key or index of the logits in the outputs (default 1); for a converted or
+        framework model a layer name (default: the pre-softmax class scores).
       params: parameter pytree for ``model(params, x)``.
       classes: classes to explain: an int, a list of ints (the same for every image),
         ``(N, k)`` per image, or ``"all"`` (every class, one forward pass and one vmapped VJP).
@@ -229,6 +234,7 @@ def class_activation_maps(
     lookup_method(method)
     on_input = method in INPUT_METHODS
     samples = check_samples(method, smooth, noise, steps)
+    model, layer, logits = cam_outputs(model, layer, logits)
     model, logits = _logits_model(model, logits)
     fn, params = as_function(model, params)
     x = check_images(images)

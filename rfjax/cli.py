@@ -209,12 +209,16 @@ def _cam(args: argparse.Namespace) -> int:
     from converters import keras_cam_layers, load_keras
     from rfjax.cam_files import describe, explain_files
 
-    keras_model = load_keras(args.model, safe_mode=True)
-    feature, dense = (args.layer, None) if args.layer else keras_cam_layers(keras_model)
-    whole = converters.from_keras(keras_model)
-    # the logits before a final softmax are found by the pipeline (ConvertedModel.pre_softmax)
-    logits = dense or whole.output_names[0]
-    model = whole.with_outputs([feature, logits])
+    if str(args.model).lower().endswith(".onnx"):
+        # the adapter picks the layer (unless --layer) and the pre-softmax logits
+        model, feature, logits, dense = converters.from_onnx(args.model), args.layer, None, None
+    else:
+        keras_model = load_keras(args.model, safe_mode=True)
+        feature, dense = (args.layer, None) if args.layer else keras_cam_layers(keras_model)
+        whole = converters.from_keras(keras_model)
+        # the logits before a final softmax are found by the pipeline (ConvertedModel.pre_softmax)
+        logits = dense or whole.output_names[0]
+        model = whole.with_outputs([feature, logits])
     explain = functools.partial(
         rfjax.class_activation_maps,
         model,
@@ -367,11 +371,11 @@ def _add_cam(sub: Any) -> None:
 
     c = sub.add_parser(
         "cam",
-        help="class activation maps of a Keras classifier over your images",
+        help="class activation maps of a Keras or ONNX classifier over your images",
         description="CAM (for GlobalAveragePooling2D + Dense heads) or Grad-CAM (with --layer) overlays for the "
         "top classes of each image, placed at each feature cell's RF centre; images are resized to the model's input.",
     )
-    c.add_argument("model", metavar="MODEL", help="a .keras/.h5 classifier file")
+    c.add_argument("model", metavar="MODEL", help="a .keras/.h5/.onnx classifier file")
     c.add_argument(
         "images", metavar="IMAGES", nargs="+", help="PNG or JPEG files, folders of them, or glob patterns"
     )

@@ -3,6 +3,9 @@ copy, global branches, closed-form bounds and one-sentence errors."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import jax
 import numpy as np
 import pytest
@@ -949,3 +952,27 @@ def test_cam_layer_pick_refuses_a_graph_without_spatial_layers():
     converted = converters.from_onnx(model(nodes, {"x": (1, 3, 8, 8)}, ["y"], {"w": weight(3, 4)}))
     with pytest.raises(RFError, match="no spatial layer before its output 'y'; pass layer="):
         converted.cam_layers()
+
+
+def test_rfjax_cam_explains_a_folder_with_an_onnx_classifier(exported, tmp_path, capsys):
+    import matplotlib.image
+    import torch
+
+    from rfjax.cam_files import LOG_NAME, read_image
+    from rfjax.cli import main
+
+    path, module = exported("resnet18")
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for n in range(2):
+        matplotlib.image.imsave(folder / f"i{n}.png", np.random.default_rng(n).uniform(size=(70, 60, 3)))
+    out = tmp_path / "out"
+    assert main(["cam", path, str(folder), "--out", str(out), "--scale", "1", "--top-k", "1", "--quiet"]) == 0
+    assert capsys.readouterr().out.count("top classes") == 2
+    rows = [json.loads(line) for line in (out / LOG_NAME).read_text().splitlines()[1:]]
+    for row in rows:
+        x = read_image(row["image"], (64, 64), 3, scale=1.0)  # what the command fed the model
+        with torch.no_grad():
+            logits = module(torch.from_numpy(x.transpose(2, 0, 1)[None].copy()))
+        assert row["classes"] == [int(logits.argmax())]
+        assert Path(row["overlay"]).stat().st_size > 0

@@ -85,6 +85,11 @@ def _host_array(v: Any) -> Any:
     return a
 
 
+#: side of the square input at which a model with a dynamic input size is traced to find
+#: its spatial layers (:meth:`KerasModel.cam_layers`)
+CAM_TRACE_SIDE = 128
+
+
 class KerasModel(ConvertedModel):
     """A Keras model converted to a pure JAX function ``x -> {layer name: feature map}``.
 
@@ -198,6 +203,34 @@ class KerasModel(ConvertedModel):
             one_channel=self._one,
             _derived=self._derived,
         )
+
+    def cam_layers(self) -> tuple[str, str]:
+        """``(feature layer, logits)`` for the CAM family: the logits are the model's first
+        output, or the input of a final ``Softmax`` / ``Activation("softmax")`` layer (a
+        fused ``activation="softmax"`` is split later, see :meth:`pre_softmax`); the feature
+        layer is the last layer, in graph order, that the logits depend on and whose output
+        is a spatial map (4-D, larger than 1 x 1 at the model's input size, or at
+        :data:`CAM_TRACE_SIDE` square when that size is dynamic)."""
+        logits = self._graph.outputs[0]
+        nodes = {n.name: n for n in self._graph.nodes}
+        while logits in nodes and _is_softmax(self._graph.layers[nodes[logits].layer]):
+            refs = refs_in((nodes[logits].args, nodes[logits].kwargs))
+            if len(refs) != 1:
+                break
+            logits = refs[0].node
+        h, w = (int(v) if v else CAM_TRACE_SIDE for v in self.input_shape[:2])
+        shapes = self.spatial_shapes((h, w, 1))
+        used = self._ancestors(logits) - {self._graph.input, logits}
+        spatial = [
+            n.name
+            for n in self._graph.nodes
+            if n.name in used and len(s := shapes[n.name]) == 4 and s[1] * s[2] > 1
+        ]
+        if not spatial:
+            raise RFError(
+                f"the model has no spatial layer before its output {logits!r}; pass layer= (a name from .layer_names)."
+            )
+        return spatial[-1], logits
 
     def pre_softmax(self, name: str) -> tuple[KerasModel, str] | None:
         """The logits before output ``name`` when it is a softmax: a ``Softmax`` layer or
@@ -413,6 +446,13 @@ class KerasModel(ConvertedModel):
             return type(y)(self._to_nhwc(v) for v in y)
         y = jnp.asarray(y, jnp.float32)
         return jnp.transpose(y, (0, 2, 3, 1)) if self.channels_first and y.ndim == 4 else y
+
+
+def _is_softmax(layer: Any) -> bool:
+    """A ``Softmax`` layer or ``Activation("softmax")``."""
+    return layer.class_name == "Softmax" or (
+        layer.class_name == "Activation" and layer.config.get("activation") == "softmax"
+    )
 
 
 def _spreads(class_name: str, config: dict) -> bool:

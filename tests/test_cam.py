@@ -386,3 +386,38 @@ def test_cam_overlay_bad_arguments(images, tmp_path):
         cam_overlay(r, images[:2])
     with pytest.raises(RFError, match="does not exist"):
         cam_overlay(r, images, save=os.path.join(tmp_path, "missing", "x.png"))
+
+
+@pytest.mark.parametrize("head", ["softmax_layer", "fused_softmax", "logits"])
+def test_a_keras_model_picks_its_cam_layer_and_logits(head):
+    import keras
+    from keras import layers
+
+    keras.utils.set_random_seed(2)
+    inp = keras.Input((12, 12, 3))
+    x = layers.Conv2D(4, 3, activation="relu", name="conv")(inp)
+    x = layers.Conv2D(5, 3, activation="relu", name="features")(x)
+    x = layers.GlobalAveragePooling2D(name="gap")(x)
+    out = layers.Dense(3, name="scores", activation="softmax" if head == "fused_softmax" else None)(x)
+    if head == "softmax_layer":
+        out = layers.Softmax(name="probs")(out)
+    model = keras.Model(inp, out)
+    assert converters.from_keras(model).cam_layers() == ("features", "scores")
+    images = np.random.default_rng(0).uniform(size=(2, 12, 12, 3)).astype(np.float32)
+    picked = rfjax.grad_cam(model, images, placement="resize")
+    # Keras' own pre-softmax scores and feature maps, by GradientTape (independent of rfjax)
+    import tensorflow as tf
+
+    feats = keras.Model(inp, model.get_layer("features").output)
+    dense = model.get_layer("scores")
+    with tf.GradientTape() as tape:
+        a = feats(images)
+        tape.watch(a)
+        y = tf.matmul(tf.reduce_mean(a, axis=(1, 2)), dense.kernel) + dense.bias
+        top = tf.argmax(y, axis=1)
+        chosen = tf.gather(y, top, batch_dims=1)
+    g = tape.gradient(chosen, a).numpy()
+    want = np.maximum(np.einsum("nijk,nk->nij", a.numpy(), g.mean(axis=(1, 2))), 0)
+    assert picked.layer == "features"
+    np.testing.assert_array_equal(picked.classes[:, 0], top.numpy())
+    np.testing.assert_allclose(picked.maps[:, 0], want, rtol=1e-4, atol=1e-6)

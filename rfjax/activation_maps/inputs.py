@@ -4,13 +4,14 @@ classes; and a model restricted to one output leaf."""
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+import weakref
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
 import numpy as np
 
-from rfjax.contract import on_clear
+from rfjax.contract import ConvertedModel, on_clear, resolve_model
 from rfjax.errors import RFError
 
 
@@ -69,6 +70,44 @@ def check_classes(classes: Any, top_k: int, n: int, n_classes: int) -> np.ndarra
             f"classes holds index {int(bad[0])}, outside the model's {n_classes} classes; pass indices in [0, {n_classes})."
         )
     return np.ascontiguousarray(c, np.int32)
+
+
+_VIEWS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def named_outputs(
+    model: Any, layer: str | int, logits: str | int, input_shape: Sequence[int]
+) -> tuple[Any, str | int, str | int]:
+    """``(model, layer, logits)`` to explain: for a framework model (PyTorch module, Keras
+    model, ONNX file) or a converted model asked for a ``layer`` it does not return, the
+    converted copy returning ``{layer, logits}`` (logits by default: the model's one
+    output, e.g. ``"output"`` for a PyTorch module); anything else as given. The copy is
+    cached per model, so repeated calls reuse one compiled program. Raises
+    :class:`RFError` for an unknown layer name (with the nearest names) and when the
+    logits cannot be told apart from several outputs."""
+    converted = resolve_model(model, tuple(input_shape))
+    if converted is None or not isinstance(layer, str):
+        return model, layer, logits
+    if layer in converted.output_names:
+        return converted, layer, logits
+    if not isinstance(logits, str):
+        if len(converted.output_names) != 1:
+            raise RFError(
+                f"logits={logits!r}: the model returns {list(converted.output_names)}; pass logits= the name of "
+                "its class scores."
+            )
+        logits = converted.output_names[0]
+    return _view(converted, layer, logits), layer, logits
+
+
+def _view(model: ConvertedModel, layer: str, logits: str) -> ConvertedModel:
+    cache = _VIEWS.setdefault(model, {})
+    if (layer, logits) not in cache:
+        cache[(layer, logits)] = model.with_outputs([layer, logits])
+    return cache[(layer, logits)]
+
+
+on_clear(_VIEWS.clear)
 
 
 @functools.lru_cache(maxsize=64)

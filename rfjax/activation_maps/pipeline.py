@@ -25,7 +25,7 @@ import numpy as np
 from rfjax import memory
 from rfjax._types import HW, ReceptiveField
 from rfjax.activation_maps import placement as placing
-from rfjax.activation_maps.inputs import check_classes, check_images, output_index
+from rfjax.activation_maps.inputs import check_classes, check_images, named_outputs, output_index
 from rfjax.activation_maps.methods import HEAD_TOL
 from rfjax.activation_maps.methods import method as lookup_method
 from rfjax.activation_maps.result import CAMResult
@@ -145,8 +145,12 @@ def class_activation_maps(
       images: ``(N, H, W, C)`` or one ``(H, W, C)`` image, real numbers.
       method: ``"cam"``, ``"grad_cam"``, ``"grad_cam_plus_plus"``, ``"layer_cam"`` or a name
         registered with :func:`variant`.
-      layer: key (dict) or index (tuple) of the feature map in the outputs.
-      logits: key or index of the logits in the outputs.
+      layer: key (dict) or index (tuple) of the feature map in the outputs. For a
+        PyTorch module, Keras model or ONNX file (or a converted model), any of its layer
+        names (e.g. ``"layer4"``): the converted copy returning that layer and the logits
+        is made for you.
+      logits: key or index of the logits in the outputs; for a framework model asked
+        for another layer, by default its own output (e.g. a module's ``"output"``).
       params: parameter pytree for ``model(params, x)``.
       classes: classes to explain: an int, a list of ints (the same for every image), or
         ``(N, k)`` per image. Default: the ``top_k`` best logits of each image.
@@ -162,8 +166,9 @@ def class_activation_maps(
       A :class:`CAMResult`.
     """
     lookup_method(method)
-    fn, params = as_function(model, params)
     x = check_images(images)
+    model, layer, logits = named_outputs(model, layer, logits, x.shape[1:])
+    fn, params = as_function(model, params)
     bound = fn if params is None else functools.partial(fn, params)
     try:
         struct = jax.eval_shape(bound, jnp.asarray(x))
@@ -190,7 +195,7 @@ def class_activation_maps(
     k = top_k if cls is None else cls.shape[1]
     hw, grid = HW(x.shape[1], x.shape[2]), HW(a_shape[1], a_shape[2])
     used, offset, stride, used_rf = placing.choose(
-        placement, rf, lambda: placing.layer_rf(fn, params, li, x.shape[1:], layer), hw, grid
+        placement, rf, lambda: placing.layer_rf(fn, params, li, x.shape[1:], layer, model), hw, grid
     )
     prog = _program(fn, params is not None, li, yi, method, k, cls is not None)
     out = _run_chunked(

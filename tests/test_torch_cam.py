@@ -16,7 +16,7 @@ The package's Grad-CAM++ adds ``eps = 1e-6`` (grad-cam 1.5.7) to the denominator
 alpha weights, rfjax adds none. With PyTorch's default initialisation the gradient at
 ``layer4`` is about 1e-2, its square 1e-4, and the epsilon moves Grad-CAM++ by about 2 %;
 so the classifier weights are multiplied by 1000 (the same module for both), which makes
-the epsilon's effect about 1e-9 relative and leaves the other methods' comparison as it is.
+the epsilon's effect about 1e-8 relative and leaves the other methods' comparison as it is.
 """
 
 from __future__ import annotations

@@ -74,12 +74,15 @@ RESULT_TAG = "BENCH-RESULT "
 class Network:
     """A network to time. ``tf_model()`` builds the Keras model (constant weights);
     ``keras_app`` names the ``keras.applications`` model that the rfjax ways convert with
-    :func:`converters.from_keras` (``None`` for the README network, which has a native JAX port)."""
+    :func:`converters.from_keras` (``None`` for the README network, which has a native JAX port).
+    A PyTorch network has no ``tf_model`` and names its torchvision feature extractor in
+    ``torch_model`` (:func:`benchmarks.torch_ways.feature_extractor`)."""
 
     title: str
     input_shape: tuple[int, int, int]
-    tf_model: Callable[[], Any]
+    tf_model: Callable[[], Any] | None
     keras_app: str | None = None
+    torch_model: str | None = None
 
 
 def _readme_tf():
@@ -108,14 +111,27 @@ NETWORKS: dict[str, Network] = {
         "MobileNetV2 (keras.applications, no top)", (224, 224, 3), _application("MobileNetV2"), "MobileNetV2"
     ),
 }
+NETWORKS.update(
+    {
+        # torchvision at 224 (weights=None, no classifier, constant weights, ReLU and max pooling kept)
+        f"torch_{short}": Network(f"{title} (torchvision, {cut})", (224, 224, 3), None, torch_model=name)
+        for short, name, title, cut in [
+            ("resnet50", "resnet50", "ResNet-50", "up to layer4"),
+            ("mobilenetv2", "mobilenet_v2", "MobileNetV2", "features"),
+            ("vgg16", "vgg16", "VGG16", "features"),
+        ]
+    }
+)
 DEFAULT_NETWORKS = ("readme_net",)
 
 
 @dataclasses.dataclass(frozen=True)
 class Way:
-    """``kind`` is ``"tf"``, ``"rfjax"`` or ``"rfpkg"`` (the ``receptivefield`` package,
-    :mod:`benchmarks.rfpkg_way`, run under ``TF_USE_LEGACY_KERAS=1``); ``setup(network_name)``
-    returns the zero-argument call that is timed (its result is summarised for the cross-check)."""
+    """``kind`` is ``"tf"``, ``"rfjax"``, ``"rfpkg"`` (the ``receptivefield`` package,
+    :mod:`benchmarks.rfpkg_way`, run under ``TF_USE_LEGACY_KERAS=1``), ``"torch"`` (a
+    PyTorch way, :mod:`benchmarks.torch_ways`) or ``"rfjax_torch"`` (rfjax on the module
+    converted by :func:`converters.from_torch`); ``setup(network_name)`` returns the
+    zero-argument call that is timed (its result is summarised for the cross-check)."""
 
     kind: str
     label: str
@@ -130,21 +146,60 @@ WAYS: dict[str, Way] = {
     "rfjax_gradient_maps_dense": Way("rfjax", "rfjax.gradient_maps (all cells, strategy dense)"),
     "rfjax_receptive_field": Way("rfjax", "rfjax.receptive_field (RF fit)"),
     "receptivefield_pkg": Way("rfpkg", "receptivefield 0.5.0 package: compute() (3 single cells, tf_keras)"),
+    "torch_per_cell_autograd": Way("torch", "PyTorch: autograd.grad per cell (Python loop)"),
+    "torch_vmap_vjp": Way("torch", "PyTorch: torch.func.vmap over torch.func.vjp"),
+    "torch_jacobian_vectorize": Way("torch", "PyTorch: autograd.functional.jacobian(vectorize=True)"),
+    "rfjax_torch_gradient_maps": Way("rfjax_torch", "rfjax.gradient_maps on from_torch (strategy auto)"),
+    "rfjax_torch_gradient_maps_dense": Way(
+        "rfjax_torch", "rfjax.gradient_maps on from_torch (strategy dense)"
+    ),
 }
+_TORCH_KINDS = ("torch", "rfjax_torch")
+# eager Python loops with nothing to compile, minutes per call: timed once (first call only)
+_ONCE = ("torch_per_cell_autograd",)
 # the ways a converted keras.applications model has (the RF fit of those is the zoo sweep's job)
 _APP_WAYS = ("rfjax_gradient_maps", "rfjax_gradient_maps_dense")
 
 
 def ways_for(network: Network) -> list[str]:
+    if network.torch_model is not None:
+        return [w for w, spec in WAYS.items() if spec.kind in _TORCH_KINDS]
     return [
         w
         for w, spec in WAYS.items()
-        if spec.kind in ("tf", "rfpkg") or network.keras_app is None or w in _APP_WAYS
+        if spec.kind not in _TORCH_KINDS
+        and (spec.kind in ("tf", "rfpkg") or network.keras_app is None or w in _APP_WAYS)
     ]
+
+
+def baseline_kind(network: Network) -> str:
+    """The kind of way the ratios are taken against: PyTorch for a torchvision network."""
+    return "torch" if network.torch_model is not None else "tf"
+
+
+# what a child's setup measured besides the timed call (e.g. the conversion), kept in its JSON
+_EXTRA: dict[str, float] = {}
+
+
+def _torch_setup(net: Network, way: str) -> Callable[[], Any]:
+    from benchmarks import torch_ways
+
+    assert net.torch_model is not None
+    module = torch_ways.feature_extractor(net.torch_model)
+    if WAYS[way].kind == "torch":
+        fn = torch_ways.WAYS[way]
+        return lambda: fn(module)
+    t0 = time.perf_counter()
+    converted = torch_ways.converted(module)
+    _EXTRA["conversion_s"] = time.perf_counter() - t0
+    strategy = "dense" if way.endswith("_dense") else "auto"
+    return lambda: torch_ways.rfjax_gradient_maps(converted, strategy=strategy)
 
 
 def _setup(network_name: str, way: str) -> Callable[[], Any]:
     net = NETWORKS[network_name]
+    if WAYS[way].kind in _TORCH_KINDS:
+        return _torch_setup(net, way)
     if WAYS[way].kind == "rfpkg":
         from benchmarks import rfpkg_way
 
@@ -152,6 +207,7 @@ def _setup(network_name: str, way: str) -> Callable[[], Any]:
     if WAYS[way].kind == "tf":
         from benchmarks import tf_ways
 
+        assert net.tf_model is not None
         model = net.tf_model()
         fn = tf_ways.WAYS[way]
         return lambda: fn(model)
@@ -221,6 +277,7 @@ def child(network_name: str, way: str, repeats: int) -> None:
         "rss_setup_mib": rss_setup,
         "peak_rss_mib": _rss_mib(),
         "check": _summary(result),
+        **_EXTRA,
     }
     print(RESULT_TAG + json.dumps(out), flush=True)
 
@@ -265,6 +322,9 @@ def machine() -> dict:
         "flax": _version("flax"),
         "tensorflow": _version("tensorflow", "tensorflow-cpu"),
         "keras": _version("keras"),
+        "torch": _version("torch"),
+        "torchvision": _version("torchvision"),
+        "torchax": _version("torchax"),
         "date": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
     }
 
@@ -292,6 +352,8 @@ def run_way(network_name: str, way: str, repeats: int, timeout: float) -> dict:
         env.update(rfpkg_way.LEGACY_ENV)
     else:
         env.pop("TF_USE_LEGACY_KERAS", None)
+    if way in _ONCE:
+        repeats = 0
     cmd = [
         python,
         str(Path(__file__).resolve()),
@@ -358,17 +420,22 @@ def _fmt(v: float | None, digits: int = 3) -> str:
 
 def markdown(network_name: str, results: dict[str, dict], m: dict, repeats: int, problems: list[str]) -> str:
     net = NETWORKS[network_name]
+    base = baseline_kind(net)
+    base_name = "PyTorch" if base == "torch" else "TF"
     tf_steady = [
-        r["steady_median_s"] for w, r in results.items() if WAYS[w].kind == "tf" and r.get("steady_median_s")
+        r["steady_median_s"] for w, r in results.items() if WAYS[w].kind == base and r.get("steady_median_s")
     ]
     fastest_tf = min(tf_steady) if tf_steady else None
     h, w_, c = net.input_shape
+    header = header_line(m)
+    if base == "torch":
+        header += f" torch {m.get('torch')}, torchvision {m.get('torchvision')}, torchax {m.get('torchax')}."
     lines = [
         f"**{net.title}**, {h}x{w_}x{c} input, all output cells; constant weights, all-ones input.",
         "",
-        header_line(m),
+        header,
         "",
-        "| way | first call s | steady median s | peak RSS MiB | ratio vs fastest TF way |",
+        f"| way | first call s | steady median s | peak RSS MiB | ratio vs fastest {base_name} way |",
         "|---|---:|---:|---:|---:|",
     ]
     for way, r in results.items():
@@ -388,9 +455,18 @@ def markdown(network_name: str, results: dict[str, dict], m: dict, repeats: int,
         (
             f"Each way runs in a fresh process: first call includes tracing/compilation; steady = median of {repeats} "
             "further calls; peak RSS = the process's ru_maxrss (imported libraries included); "
-            "ratio = steady median / the fastest TF way's (below 1 is faster)."
+            f"ratio = steady median / the fastest {base_name} way's (below 1 is faster)."
         ),
     ]
+    conversions = [r["conversion_s"] for r in results.values() if "conversion_s" in r]
+    if conversions:
+        lines += [
+            "",
+            (
+                "Conversion (converters.from_torch at 224, torchax's trace included), not in the rfjax "
+                f"rows: {min(conversions):.1f} s."
+            ),
+        ]
     rf_rows = {w: r["check"]["rf"] for w, r in results.items() if "rf" in r.get("check", {})}
     if "check" in results.get("receptivefield_pkg", {}):
         lines += [

@@ -260,6 +260,51 @@ def test_one_channel_copy_gives_the_full_channel_rf_and_falls_back_where_channel
     assert not resnet.one_channel_fallbacks
 
 
+def _support_rf(module: torch.nn.Module, layer: str, size: int) -> tuple[int, int]:
+    """RF size and stride along h of ``layer`` from PyTorch float64 autograd on the module
+    as it is (random weights, random input: no cancellation to exact zeros), the input-
+    gradient support of two neighbouring central cells."""
+    model = copy.deepcopy(module).double().eval()
+    out: dict[str, torch.Tensor] = {}
+    dict(model.named_modules())[layer].register_forward_hook(lambda m, i, o: out.update(y=o))
+    x = torch.randn(1, 3, size, size, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    x.requires_grad_(True)
+    model(x)
+    y, rows = out["y"], []
+    i = y.shape[2] // 2
+    for cell in (i, i + 1):
+        (g,) = torch.autograd.grad(y[0, :, cell, y.shape[3] // 2].sum(), x, retain_graph=True)
+        nz = np.nonzero(g[0].abs().sum(0).sum(1).numpy())[0]
+        rows.append((nz.min(), nz.max()))
+    return int(rows[0][1] - rows[0][0] + 1), int(rows[1][0] - rows[0][0])
+
+
+@pytest.mark.parametrize(
+    ("layer", "n"), [("features.1", 160), pytest.param("features.3", 320, marks=pytest.mark.slow)]
+)
+def test_convnext_gets_the_one_channel_copy_and_its_rf_is_exact(layer, n):
+    """ConvNeXt: layer norms over channels, linear layers on channels-last tensors and
+    layer scales select no channels, so the one-channel copy applies (no fallback). Its
+    RFs equal the closed form of its configuration and PyTorch's own float64 autograd."""
+    module = _build("torchvision", "convnext_tiny")
+    converted = converters.from_torch(module, input_shape=(32, 32, 3))
+    x = np.ones((1, 32, 32, 3), np.float32)
+    assert converted.prepared(one_channel=True).with_outputs(layer)(x)[layer].shape[-1] == 1
+    assert not converted.one_channel_fallbacks
+    # stem conv 4x4/4; stages of 3 and 3 blocks with a 7x7 depthwise conv each, between
+    # them a 2x2/2 downsampling conv: features.1 ends stage 1, features.3 stage 2
+    size, jump = 4, 4
+    closed = {}
+    for name, blocks in (("features.1", 3), ("features.3", 3)):
+        size += blocks * 6 * jump
+        closed[name] = (size, jump)
+        size, jump = size + jump, jump * 2  # the downsampling conv after it
+    rf = rfjax.receptive_field(module, input_shape=(n, n, 3), layer=layer)
+    assert (rf.size.h, rf.size.w) == (closed[layer][0],) * 2 and rf.stride.h == closed[layer][1]
+    assert (rf.size.h, rf.stride.h) == _support_rf(module, layer, n)
+    assert not rf.global_
+
+
 def test_prepared_copy_makes_batch_norm_exactly_the_identity():
     module = torch.nn.Sequential(torch.nn.BatchNorm2d(3, eps=0.1).eval())
     with torch.no_grad():

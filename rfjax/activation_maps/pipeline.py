@@ -234,10 +234,10 @@ def class_activation_maps(
     lookup_method(method)
     on_input = method in INPUT_METHODS
     samples = check_samples(method, smooth, noise, steps)
-    model, layer, logits = cam_outputs(model, layer, logits)
+    x = check_images(images)
+    model, layer, logits = cam_outputs(model, layer, logits, x.shape[1:])
     model, logits = _logits_model(model, logits)
     fn, params = as_function(model, params)
-    x = check_images(images)
     struct = output_shapes(fn, params, x)
     li = -1 if on_input else output_index(struct, layer, "layer")
     yi = output_index(struct, logits, "logits")
@@ -251,7 +251,7 @@ def class_activation_maps(
         used, offset, stride, used_rf = "input", HW(0.5, 0.5), HW(1.0, 1.0), None
     else:
         used, offset, stride, used_rf = placing.choose(
-            placement, rf, lambda: placing.layer_rf(fn, params, li, x.shape[1:], layer), hw, grid
+            placement, rf, lambda: placing.layer_rf(fn, params, li, x.shape[1:], layer, model), hw, grid
         )
     prog = _program(fn, params is not None, li, yi, method, k, cls is not None, samples)
     keys = np.asarray(jax.random.split(prng_key(key), x.shape[0])) if smooth else None

@@ -62,11 +62,20 @@ def place_jax(maps: jax.Array, hw: tuple[int, int], offset: jax.Array, stride: j
     return jnp.einsum("Hh,...hw,Ww->...HW", rh, maps, rw)
 
 
-def layer_rf(fn: Callable, params: Any, index: int, shape: tuple[int, int, int], name: Any) -> ReceptiveField:
+def layer_rf(
+    fn: Callable, params: Any, index: int, shape: tuple[int, int, int], name: Any, model: Any = None
+) -> ReceptiveField:
+    """The RF of output leaf ``index`` of ``fn`` (named ``name``) for an ``(H, W, C)``
+    input, grown until it fits. A converted ``model`` is measured by name on its own RF
+    copy (one channel per layer where it has one, far cheaper than the function's)."""
+    from rfjax.contract import ConvertedModel
     from rfjax.fit import receptive_field
 
     try:
-        rf = receptive_field(layer_only(fn, params is not None, index), shape, params=params, grow=True)
+        if isinstance(model, ConvertedModel) and isinstance(name, str):
+            rf = receptive_field(model, shape, layer=name, grow=True)
+        else:
+            rf = receptive_field(layer_only(fn, params is not None, index), shape, params=params, grow=True)
     except RFError as e:
         raise RFError(
             f"the RF of layer {name!r} could not be measured ({str(e).rstrip('.')}); use placement='resize'."

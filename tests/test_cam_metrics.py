@@ -226,5 +226,5 @@ def test_cam_metrics_refuses_bad_input_in_one_sentence(net, images):
         with pytest.raises(RFError, match=match):
             rfjax.cam_metrics(model, **args)
     grey = images[..., :1]
-    with pytest.raises(RFError, match="model failed on images of shape"):
+    with pytest.raises(RFError, match=r"images are grey \(1 channel\) but the model takes 3"):
         rfjax.cam_metrics(model, grey, r, **kw)

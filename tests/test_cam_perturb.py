@@ -345,3 +345,25 @@ def test_grad_score_and_ablation_cam_match_pytorch_grad_cam(images):
         got = got - got.min(axis=(1, 2), keepdims=True)
         got = got / (got.max(axis=(1, 2), keepdims=True) + 1e-7)
         np.testing.assert_allclose(got, want, atol=2e-4)
+
+
+def test_perturbation_methods_pick_the_layer_and_the_logits_before_a_softmax():
+    import keras
+    from keras import layers
+
+    keras.utils.set_random_seed(5)
+    inp = keras.Input((14, 14, 3))
+    feat = layers.Conv2D(6, 3, activation="relu", name="features")(inp)
+    pooled = layers.GlobalAveragePooling2D()(feat)
+    soft = keras.Model(inp, layers.Dense(4, activation="softmax", name="scores")(pooled))
+    # the same network ending in its logits, built by hand with Keras (no rfjax splitting)
+    linear = layers.Dense(4, name="logits")
+    plain = keras.Model(inp, linear(pooled))
+    linear.set_weights(soft.get_layer("scores").get_weights())
+    x = np.random.default_rng(3).uniform(size=(2, 14, 14, 3)).astype(np.float32)
+    for method in (rfjax.ablation_cam, rfjax.score_cam):
+        picked = method(soft, x, placement="resize")  # layer and logits picked, softmax split
+        want = method(plain, x, layer="features", logits="logits", placement="resize")
+        assert picked.layer == "features"
+        np.testing.assert_array_equal(picked.classes, want.classes)
+        np.testing.assert_allclose(picked.maps, want.maps, rtol=1e-5, atol=1e-7)

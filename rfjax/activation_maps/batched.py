@@ -21,9 +21,17 @@ import jax.numpy as jnp
 import numpy as np
 
 from rfjax import memory
-from rfjax.activation_maps.inputs import check_classes, check_images, output_index
+from rfjax.activation_maps.inputs import (
+    check_classes,
+    check_images,
+    class_count,
+    feature_shape,
+    output_index,
+    output_shapes,
+)
+from rfjax.activation_maps.layers import explained_outputs, scores_outputs
 from rfjax.contract import as_function, on_clear
-from rfjax.errors import RFError, cause
+from rfjax.errors import RFError
 
 #: ``(fn, with_params, params, x (N, H, W, C), aux, t) -> flat outputs of fn`` for copy ``t``.
 Evaluate = Callable[[Callable, bool, Any, jax.Array, Any, jax.Array], list]
@@ -42,6 +50,8 @@ class Setup(NamedTuple):
       logits_index: position of the logits in the flat outputs.
       feature_shape: ``(N, h, w, K)`` of the feature map (``()`` when not asked).
       n_classes: number of classes of the logits.
+      model: the resolved model (a converted one for Keras / PyTorch / ONNX models).
+      layer: the feature map's key in the outputs (``None`` when not asked).
     """
 
     fn: Callable
@@ -51,53 +61,42 @@ class Setup(NamedTuple):
     logits_index: int
     feature_shape: tuple[int, ...]
     n_classes: int
+    model: Any = None
+    layer: str | int | None = None
 
     @property
     def with_params(self) -> bool:
         return self.params is not None
 
 
-def setup(model: Any, images: Any, layer: str | int | None, logits: str | int, params: Any) -> Setup:
-    """Resolve ``model`` (as :func:`rfjax.class_activation_maps` does) and check that output
-    ``layer`` is a spatial feature map ``(N, h, w, K)`` (``None``: no layer needed) and
-    output ``logits`` is ``(N, classes)``; :class:`RFError` otherwise."""
+def setup(
+    model: Any,
+    images: Any,
+    layer: str | int | None,
+    logits: str | int | None,
+    params: Any,
+    need_layer: bool = True,
+) -> Setup:
+    """Resolve ``model`` as :func:`rfjax.class_activation_maps` does (layer names and
+    picks, the logits before a softmax: :func:`~rfjax.activation_maps.layers.explained_outputs`)
+    and check that output ``layer`` is a spatial feature map ``(N, h, w, K)``
+    (``need_layer=False``: no layer) and output ``logits`` is ``(N, classes)``;
+    :class:`RFError` otherwise."""
+    x = check_images(images)
+    if need_layer:
+        model, layer, logits = explained_outputs(model, layer, logits, x.shape[1:])
+    else:
+        (model, logits), layer = scores_outputs(model, logits, x.shape[1:]), None
     fn, params = as_function(model, params)
-    try:
-        x = check_images(images)
-    except RFError:
-        raise
-    except ValueError as e:  # numpy cannot stack images of different sizes
-        raise RFError(
-            f"images cannot form one batch ({cause(e)}); pass images of one size (resize them first)."
-        ) from e
-    if not np.isfinite(x).all():
-        raise RFError("images holds NaN or infinite pixels; pass finite pixel values.")
-    bound = fn if params is None else functools.partial(fn, params)
-    try:
-        struct = jax.eval_shape(bound, jnp.asarray(x))
-    except RFError:
-        raise
-    except Exception as e:  # any failure inside the user's model
-        raise RFError(
-            f"the model failed on images of shape {x.shape} ({cause(e)}); pass images of the shape it expects."
-        ) from e
+    struct = output_shapes(fn, params, x)
     leaves = jax.tree_util.tree_leaves(struct)
     yi = output_index(struct, logits, "logits")
-    y_shape = tuple(leaves[yi].shape)
-    if len(y_shape) != 2 or y_shape[0] != x.shape[0]:
-        raise RFError(
-            f"logits {logits!r} has shape {y_shape}; pass the model's class scores of shape (N, classes)."
-        )
-    li, a_shape = -1, ()
+    n_classes = class_count(leaves[yi], x, logits)
+    li, a_shape = -1, tuple[int, ...]()
     if layer is not None:
         li = output_index(struct, layer, "layer")
-        a_shape = tuple(leaves[li].shape)
-        if len(a_shape) != 4 or a_shape[0] != x.shape[0]:
-            raise RFError(
-                f"layer {layer!r} has shape {a_shape}, which is not a spatial feature map (N, h, w, K); "
-                "pass a convolutional layer's output."
-            )
-    return Setup(fn, params, x, li, yi, a_shape, y_shape[1])
+        a_shape = feature_shape(leaves[li], x, layer)
+    return Setup(fn, params, x, li, yi, a_shape, n_classes, model, layer)
 
 
 def outputs(s: Setup, x: Any) -> list:

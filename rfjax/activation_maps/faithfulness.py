@@ -213,7 +213,7 @@ def cam_metrics(
     images: Any,
     result: CAMResult,
     *,
-    logits: str | int = 1,
+    logits: str | int | None = None,
     params: Any = None,
     which: int = 0,
     steps: int = 32,
@@ -242,7 +242,7 @@ def cam_metrics(
       A :class:`CAMMetrics` (per image; ``.mean()`` for the summary).
     """
     batched.check_score(score)
-    s = batched.setup(model, images, None, logits, params)
+    s = batched.setup(model, images, None, logits, params, need_layer=False)
     _check(result, s, which, steps, percentiles)
     cls = np.ascontiguousarray(result.classes[:, which : which + 1], np.int32)
     emap = normalise(np.asarray(result.upsampled[:, which], np.float32))

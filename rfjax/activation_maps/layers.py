@@ -29,6 +29,61 @@ class CAMOutputs(NamedTuple):
     logits: str | int
 
 
+def explained_outputs(
+    model: Any, layer: str | int | None, logits: str | int | None, input_shape: Sequence[int] | None = None
+) -> CAMOutputs:
+    """:func:`cam_outputs`, then the logits before a final softmax
+    (:meth:`~rfjax.contract.ConvertedModel.pre_softmax`): what every CAM method runs."""
+    model, layer, scores = cam_outputs(model, layer, logits, input_shape)
+    model, scores = pre_softmax_logits(model, scores)
+    return CAMOutputs(model, layer, scores)
+
+
+def scores_outputs(
+    model: Any, logits: str | int | None, input_shape: Sequence[int] | None = None
+) -> tuple[Any, str | int]:
+    """The model returning its class scores, and their key, for callers that need no layer
+    (the faithfulness metrics): a plain function's output 1 by default; a converted
+    model's named output, else its adapter's pick of the logits, else its one output;
+    then the logits before a final softmax."""
+    return pre_softmax_logits(*_scores_only(model, logits, input_shape))
+
+
+def pre_softmax_logits(model: Any, logits: str | int) -> tuple[Any, str | int]:
+    """The model and logits name to explain: a converted model's softmax output is replaced
+    by the logits before it (:meth:`~rfjax.contract.ConvertedModel.pre_softmax`)."""
+    converted = resolve_model(model)
+    if converted is None or not isinstance(logits, str) or logits not in converted.output_names:
+        return model, logits
+    split = converted.pre_softmax(logits)
+    return (model, logits) if split is None else split
+
+
+def _scores_only(
+    model: Any, logits: str | int | None, input_shape: Sequence[int] | None
+) -> tuple[Any, str | int]:
+    """The model returning its class scores and their key, for callers that need no layer:
+    a plain function's output 1 by default; a converted model's named output, else its
+    adapter's pick of the logits, else its one output."""
+    converted = _converted(model, input_shape)
+    if converted is None or isinstance(logits, int):
+        return (model if converted is None else converted), (1 if logits is None else logits)
+    if logits is None:
+        try:
+            logits = converted.cam_layers()[1]
+        except RFError:
+            if len(converted.output_names) != 1:
+                raise
+            logits = converted.output_names[0]
+    return (converted if logits in converted.output_names else converted.with_outputs([logits])), logits
+
+
+def _converted(model: Any, input_shape: Sequence[int] | None) -> ConvertedModel | None:
+    if isinstance(model, ConvertedModel):
+        return model
+    return resolve_model(model, input_shape) if foreign_converter(model) is not None else None
+
+
 def cam_outputs(
     model: Any, layer: str | int | None, logits: str | int | None, input_shape: Sequence[int] | None = None
 ) -> CAMOutputs:
@@ -40,9 +95,7 @@ def cam_outputs(
     its adapter cannot (:meth:`~rfjax.contract.ConvertedModel.cam_layers`), or a name is
     not one of its layers.
     """
-    converted = model if isinstance(model, ConvertedModel) else None
-    if converted is None and foreign_converter(model) is not None:
-        converted = resolve_model(model, input_shape)
+    converted = _converted(model, input_shape)
     if converted is None:
         return CAMOutputs(model, 0 if layer is None else layer, 1 if logits is None else logits)
     returned = set(converted.output_names)

@@ -94,11 +94,11 @@ class _Prepared:
         self.placement, self.offset, self.stride, self.rf = placing.choose(
             placement,
             rf,
-            lambda: placing.layer_rf(s.fn, s.params, s.layer_index, s.x.shape[1:], layer),
+            lambda: placing.layer_rf(s.fn, s.params, s.layer_index, s.x.shape[1:], s.layer, s.model),
             self.hw,
             self.grid,
         )
-        self.layer = layer
+        self.layer = s.layer
 
     def result(self, a: np.ndarray, weights: np.ndarray, method: str) -> CAMResult:
         """``relu(sum_k weights[n, c, k] A[n, :, :, k])`` as a :class:`CAMResult`."""
@@ -136,8 +136,8 @@ def score_cam(
     model: Any,
     images: Any,
     *,
-    layer: str | int = 0,
-    logits: str | int = 1,
+    layer: str | int | None = None,
+    logits: str | int | None = None,
     params: Any = None,
     classes: Any = None,
     top_k: int = 1,
@@ -237,8 +237,8 @@ def ablation_cam(
     model: Any,
     images: Any,
     *,
-    layer: str | int = 0,
-    logits: str | int = 1,
+    layer: str | int | None = None,
+    logits: str | int | None = None,
     params: Any = None,
     classes: Any = None,
     top_k: int = 1,

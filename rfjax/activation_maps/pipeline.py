@@ -35,13 +35,13 @@ from rfjax.activation_maps.inputs import (
     output_shapes,
     prng_key,
 )
-from rfjax.activation_maps.layers import cam_outputs
+from rfjax.activation_maps.layers import explained_outputs
 from rfjax.activation_maps.methods import HEAD_TOL, INPUT_METHODS
 from rfjax.activation_maps.methods import method as lookup_method
 from rfjax.activation_maps.result import CAMResult
 from rfjax.activation_maps.sampling import grads, path_mean, smoothed, weigh_all
 from rfjax.activation_maps.tap import tapped
-from rfjax.contract import as_function, on_clear, resolve_model
+from rfjax.contract import as_function, on_clear
 from rfjax.errors import RFError, RFNeedsHead, RFNotLogits
 
 
@@ -235,8 +235,7 @@ def class_activation_maps(
     on_input = method in INPUT_METHODS
     samples = check_samples(method, smooth, noise, steps)
     x = check_images(images)
-    model, layer, logits = cam_outputs(model, layer, logits, x.shape[1:])
-    model, logits = _logits_model(model, logits)
+    model, layer, logits = explained_outputs(model, layer, logits, x.shape[1:])
     fn, params = as_function(model, params)
     struct = output_shapes(fn, params, x)
     li = -1 if on_input else output_index(struct, layer, "layer")
@@ -273,16 +272,6 @@ def class_activation_maps(
         input_shape=hw,
         feature_shape=grid,
     )
-
-
-def _logits_model(model: Any, logits: str | int) -> tuple[Any, str | int]:
-    """The model and logits name to explain: a converted model's softmax output is replaced
-    by the logits before it (:meth:`ConvertedModel.pre_softmax`)."""
-    converted = resolve_model(model)
-    if converted is None or not isinstance(logits, str) or logits not in converted.output_names:
-        return model, logits
-    split = converted.pre_softmax(logits)
-    return (model, logits) if split is None else split
 
 
 def _check_outputs(out: dict, method: str, where: str, layer: Any, logits: Any, n_classes: int) -> None:

@@ -1,6 +1,9 @@
-"""Small reference networks built natively in Flax NNX (no download, no Keras)."""
+"""Small reference networks: built natively in Flax NNX (no download, no Keras), and the Keras
+CNN of the shapes example (:func:`shapes_cnn`, which imports Keras when called)."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import jax
 from flax import nnx
@@ -44,3 +47,36 @@ class ReadmeNet(nnx.Module):
 def readme_net(seed: int = 0, width: float = 1.0) -> ReadmeNet:
     """The README network with random initial weights (seeded)."""
     return ReadmeNet(width=width, rngs=nnx.Rngs(seed))
+
+
+def shapes_cnn() -> Any:
+    """The small Keras GAP + dense CNN of the shapes example (:func:`rfjax.datasets.shapes`):
+    64 x 64 x 3 inputs, four 'valid' conv + batch norm + ReLU blocks (5x5 stride 2, 3x3, a
+    2x2 max pool, 3x3, 3x3 named ``"features"``: a 10 x 10 x 64 map), global average
+    pooling and ``Dense(4)`` named ``"logits"`` (pre-softmax). Untrained; imports Keras
+    (``pip install "rfjax[keras]"``)."""
+    import keras
+
+    from rfjax.datasets import SHAPE_NAMES
+
+    L = keras.layers
+
+    def block(filters: int, kernel: int, strides: int = 1, name: str | None = None) -> list:
+        return [
+            L.Conv2D(filters, kernel, strides=strides, use_bias=False),
+            L.BatchNormalization(),
+            L.ReLU(name=name),
+        ]
+
+    return keras.Sequential(
+        [
+            keras.Input((64, 64, 3)),
+            *block(16, 5, strides=2),
+            *block(32, 3),
+            L.MaxPooling2D(2),
+            *block(32, 3),
+            *block(64, 3, name="features"),
+            L.GlobalAveragePooling2D(),
+            L.Dense(len(SHAPE_NAMES), name="logits"),
+        ]
+    )

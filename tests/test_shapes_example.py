@@ -17,6 +17,7 @@ import pytest
 import converters
 from rfjax import activation_maps as C
 from rfjax.datasets import SHAPE_NAMES, shapes
+from rfjax.models import shapes_cnn
 
 
 def test_shapes_are_deterministic_balanced_and_boxed():
@@ -37,30 +38,6 @@ def test_shapes_are_deterministic_balanced_and_boxed():
     assert not np.array_equal(shapes(4, seed=6).images, a.images[:4])
 
 
-def _keras_model(keras):
-    L = keras.layers
-
-    def block(filters, kernel, strides=1, name=None):
-        return [
-            L.Conv2D(filters, kernel, strides=strides, use_bias=False),
-            L.BatchNormalization(),
-            L.ReLU(name=name),
-        ]
-
-    return keras.Sequential(
-        [
-            keras.Input((64, 64, 3)),
-            *block(16, 5, strides=2),
-            *block(32, 3),
-            L.MaxPooling2D(2),
-            *block(32, 3),
-            *block(64, 3, name="features"),
-            L.GlobalAveragePooling2D(),
-            L.Dense(len(SHAPE_NAMES), name="logits"),
-        ]
-    )
-
-
 def test_trained_keras_cnn_localises_shapes_with_cam(tmp_path):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     keras = pytest.importorskip("keras")
@@ -69,7 +46,7 @@ def test_trained_keras_cnn_localises_shapes_with_cam(tmp_path):
     train, held_out = shapes(2000, seed=1), shapes(200, seed=2)
     keras.utils.set_random_seed(0)
     tf.config.experimental.enable_op_determinism()
-    model = _keras_model(keras)
+    model = shapes_cnn()
     model.compile(
         keras.optimizers.Adam(2e-3),
         keras.losses.SparseCategoricalCrossentropy(from_logits=True),

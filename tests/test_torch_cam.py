@@ -108,3 +108,12 @@ def test_module_path_and_logits_found_for_a_module_passed_directly(resnet18, ima
 def test_unknown_module_path_is_refused_with_the_nearest_names(resnet18, images):
     with pytest.raises(RFError, match="layer4"):
         rfjax.grad_cam(resnet18, images, layer="layer5")
+
+
+def test_the_layer_is_picked_for_a_module_and_equals_the_package_at_layer4(resnet18, images):
+    from converters import from_torch
+
+    assert from_torch(resnet18, input_shape=(SIZE, SIZE, 3)).cam_layers() == ("layer4", "output")
+    picked = rfjax.grad_cam(resnet18, images, classes=np.array(CLASSES)[:, None], placement="resize")
+    ref, _ = _peer(GradCAM, resnet18, images)  # pytorch-grad-cam at module.layer4
+    assert picked.layer == "layer4" and _rel(picked.maps[:, 0], ref) < 1e-4

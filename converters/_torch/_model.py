@@ -95,6 +95,19 @@ class TorchModel(ConvertedModel):
         outs = _jaxpr.evaluate(traced.jaxpr, eqns, outvars, jax.tree_util.tree_leaves((params, x)), hold)
         return dict(zip(self.output_names, outs))
 
+    def cam_layers(self) -> tuple[str, str]:
+        """``(feature layer, logits)`` for the CAM family: the last top-level module whose
+        output is a spatial map (``layer4`` of a ResNet, ``features`` of VGG / MobileNet,
+        see :func:`converters._torch._zoo.final_features`) and the module's own result
+        (``"output"``), which must be its class scores ``(N, classes)``."""
+        from converters._torch._zoo import final_features
+
+        if "output" not in self.layer_names:
+            raise RFError(
+                "the module returns a dict or several values; pass layer= and logits= (names from .layer_names)."
+            )
+        return final_features(self), "output"
+
     def with_outputs(self, outputs: str | Sequence[str]) -> TorchModel:
         """A copy returning other outputs (no new conversion)."""
         return self._copy(outputs=outputs)

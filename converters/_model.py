@@ -247,9 +247,7 @@ class KerasModel(ConvertedModel):
         node = next(n for n in self._graph.nodes if n.name == ref.node)
         layer = self._graph.layers[node.layer]
         act = activation_name(layer.config.get("activation"))
-        if layer.class_name in ("Softmax", "ops.Softmax") or (
-            layer.class_name == "Activation" and act == "softmax"
-        ):
+        if _is_softmax(layer):
             source = refs_in((node.args, node.kwargs))[0]
             if source.index:
                 return None
@@ -449,9 +447,10 @@ class KerasModel(ConvertedModel):
 
 
 def _is_softmax(layer: Any) -> bool:
-    """A ``Softmax`` layer or ``Activation("softmax")``."""
-    return layer.class_name == "Softmax" or (
-        layer.class_name == "Activation" and layer.config.get("activation") == "softmax"
+    """A ``Softmax`` layer (or ``keras.ops.softmax`` call) or ``Activation("softmax")``; not a
+    layer with a fused ``activation="softmax"``."""
+    return layer.class_name in ("Softmax", "ops.Softmax") or (
+        layer.class_name == "Activation" and activation_name(layer.config.get("activation")) == "softmax"
     )
 
 

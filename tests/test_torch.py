@@ -315,6 +315,65 @@ def test_prepared_copy_makes_batch_norm_exactly_the_identity():
     np.testing.assert_array_equal(converted.prepared()(x)["output"], x)
 
 
+def _mixed_ops_module() -> torch.nn.Module:
+    """Every convolution and pooling form the converter rewrites channels-last: a
+    strided 7x7 stem, max pooling with padding and ceil mode, a depthwise 3x3, a 1x1,
+    a grouped dilated 3x3, a residual sum, ReLU6 and average pooling."""
+    torch.manual_seed(3)
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = torch.nn.Conv2d(3, 8, 7, stride=2, padding=3)
+            self.pool = torch.nn.MaxPool2d(3, stride=2, padding=1, ceil_mode=True)
+            self.dw = torch.nn.Conv2d(8, 8, 3, padding=1, groups=8)
+            self.pw = torch.nn.Conv2d(8, 16, 1)
+            self.grouped = torch.nn.Conv2d(16, 16, 3, padding=2, dilation=2, groups=4)
+            self.avg = torch.nn.AvgPool2d(2, ceil_mode=True)
+
+        def forward(self, x):
+            y = self.pool(torch.relu(self.stem(x)))
+            y = self.pw(torch.nn.functional.relu6(self.dw(y)) + y)
+            return self.avg(self.grouped(y) + y)
+
+    return Net().eval()
+
+
+@pytest.mark.parametrize("constant", [True, False], ids=["ties", "random"])
+def test_input_gradients_equal_pytorch_autograd(constant):
+    """Every output cell's input gradient (plain mode, max-pool ties included: PyTorch
+    and rfjax both route a window's gradient to its first maximum) equals PyTorch's own
+    autograd, so the channels-last rewrite of convolutions and pooling changes nothing."""
+    module = _mixed_ops_module()
+    n = 29
+    x = (
+        torch.ones(1, 3, n, n)
+        if constant
+        else torch.randn(1, 3, n, n, generator=torch.Generator().manual_seed(4))
+    )
+    with torch.no_grad():
+        if constant:  # equal weights: ties in every pooling window
+            for p in module.parameters():
+                p.fill_(0.1)
+    xr = x.clone().requires_grad_(True)
+    y = module(xr)
+    _, _, ho, wo = y.shape
+    expected = np.stack(
+        [
+            torch.autograd.grad(y[0, :, i, j].sum(), xr, retain_graph=True)[0][0].sum(0).numpy()
+            for i in range(ho)
+            for j in range(wo)
+        ]
+    )
+    converted = converters.from_torch(module, input_shape=(n, n, 3))
+    (maps,) = rfjax.gradient_maps(
+        converted.apply, np.transpose(x.numpy(), (0, 2, 3, 1)), params=converted.params, input_channels="sum"
+    ).values()
+    got = np.asarray(maps.maps).reshape(ho * wo, n, n)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5 * np.abs(expected).max())
+    np.testing.assert_array_equal(got != 0, expected != 0)
+
+
 @pytest.mark.slow
 def test_feature_pyramid_levels_in_one_call():
     from torchvision.models.detection.backbone_utils import resnet_fpn_backbone

@@ -23,7 +23,7 @@ from jax.extend import core as jcore
 
 Axes = tuple  # per axis: (size, jump) or None
 CONST, GLOBAL, UNKNOWN = "const", "global", "unknown"
-_ELEMENTWISE = frozenset(
+ELEMENTWISE = frozenset(
     [
         "add",
         "sub",
@@ -196,7 +196,7 @@ def _equation(eqn, ins: list[Any]) -> list[Any]:
         return walk(sub, ins)
     if any(v == UNKNOWN for v in ins):
         return [UNKNOWN] * n_out
-    if name in _ELEMENTWISE or name == "custom_jvp_call":
+    if name in ELEMENTWISE or name == "custom_jvp_call":
         return [_merge(ins, eqn.outvars[0].aval.ndim)] * n_out
     if name == "concatenate":
         merged = _merge(ins, eqn.outvars[0].aval.ndim)

@@ -1,9 +1,9 @@
-"""The traced program of a PyTorch module as a jaxpr: evaluation and global branches.
+"""The traced program of a PyTorch module as a jaxpr: live equations and global branches.
 
 A :class:`torch.nn.Module` is traced once per input shape and mode into a closed jaxpr
 whose outputs are *every* module's output (see :mod:`converters._torch._trace`). This
-module evaluates such a jaxpr for the outputs asked for (dead equations dropped), with
-chosen values held constant (``stop_gradient``), and finds the values that do not
+module finds the equations the outputs asked for depend on (dead equations dropped;
+:mod:`converters._torch._layout` evaluates them), and the values that do not
 follow the input size (global pooling, the flatten before a dense head) by comparing
 the traces at two input sizes equation by equation.
 """
@@ -13,7 +13,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 from jax.extend import core as jcore
 
@@ -49,25 +48,6 @@ def live_equations(jaxpr: jcore.Jaxpr, outvars: Sequence[Any]) -> list:
             keep.append(eqn)
             live.update(v for v in eqn.invars if _is_var(v))
     return keep[::-1]
-
-
-def evaluate(
-    closed: jcore.ClosedJaxpr, eqns: Sequence, outvars: Sequence[Any], args: Sequence[Any], hold: frozenset
-) -> list:
-    """Run ``eqns`` of ``closed`` on ``args`` and return ``outvars``; every value in
-    ``hold`` goes through ``stop_gradient`` where it is computed."""
-    env: dict = dict(zip(closed.jaxpr.constvars, closed.consts))
-    env.update(zip(closed.jaxpr.invars, args))
-
-    def read(v):
-        return v.val if isinstance(v, jcore.Literal) else env[v]
-
-    for eqn in eqns:
-        outs = eqn.primitive.bind(*map(read, eqn.invars), **eqn.primitive.get_bind_params(eqn.params))
-        outs = outs if eqn.primitive.multiple_results else [outs]
-        for v, val in zip(eqn.outvars, outs):
-            env[v] = jax.lax.stop_gradient(val) if v in hold else val
-    return [read(v) for v in outvars]
 
 
 def global_values(small: Any, large: Any) -> frozenset:

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from converters._registry import check_name
-from converters._torch import _geometry, _jaxpr, _params
+from converters._torch import _geometry, _jaxpr, _layout, _params
 from converters._torch._trace import Source, Traced
 from rfjax._types import HW
 from rfjax.contract import ConvertedModel, RFBound
@@ -92,7 +92,7 @@ class TorchModel(ConvertedModel):
         outvars = [traced.jaxpr.jaxpr.outvars[traced.names.index(n)] for n in self.output_names]
         eqns = _jaxpr.live_equations(traced.jaxpr.jaxpr, outvars)
         hold = self._global_values(tuple(x.shape)) if self._hold else frozenset()
-        outs = _jaxpr.evaluate(traced.jaxpr, eqns, outvars, jax.tree_util.tree_leaves((params, x)), hold)
+        outs = _layout.evaluate(traced.jaxpr, eqns, outvars, jax.tree_util.tree_leaves((params, x)), hold)
         return dict(zip(self.output_names, outs))
 
     def cam_layers(self) -> tuple[str, str]:

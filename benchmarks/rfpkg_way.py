@@ -179,13 +179,13 @@ def setup(input_shape, keras_app: str | None) -> Callable[[], Any]:
         stride = tuple(float(v) for v in rf.stride)
         offset = tuple(float(v) for v in rf.offset)
         return types.SimpleNamespace(
-            size=size, stride=stride, offset=offset, note=_clipped_note(size, stride, offset, grid, extent)
+            size=size, stride=stride, offset=offset, note=clipped_note(size, stride, offset, grid, extent)
         )
 
     return call
 
 
-def _clipped_note(size, stride, offset, grid, extent) -> str:
+def clipped_note(size, stride, offset, grid, extent) -> str:
     """A note when the RF of a cell the package measures size and stride on (the grid centre
     and the cell at centre + (1, 1)) reaches past the input, judged from the package's own
     answer: then it reports the clipped supports' size and centroid shift."""

@@ -40,6 +40,13 @@ harness uses for this way when the main one lacks the packages::
     .venv-rf/bin/pip install "tensorflow~=2.21.0" "tf_keras~=2.21.0" receptivefield==0.5.0
 
 Without either, the way's row says "not runnable: ..." and the other ways run as usual.
+
+The ``receptivefield_pkg_torch`` way is the same package's PyTorch API on the torchvision
+networks (:mod:`benchmarks.rfpkg_torch_way`): its ``compute()`` in a child of this venv (it
+needs no TensorFlow); install it with ``pip install receptivefield==0.5.0`` or with
+``pip install --target DIR receptivefield==0.5.0 --no-deps`` and ``RECEPTIVEFIELD_TARGET=DIR``.
+Its RF is compared with ``rfjax_torch_receptive_field`` (``rfjax.receptive_field`` of the
+converted module, ``grow=True``).
 """
 
 from __future__ import annotations
@@ -129,8 +136,9 @@ DEFAULT_NETWORKS = ("readme_net",)
 class Way:
     """``kind`` is ``"tf"``, ``"rfjax"``, ``"rfpkg"`` (the ``receptivefield`` package,
     :mod:`benchmarks.rfpkg_way`, run under ``TF_USE_LEGACY_KERAS=1``), ``"torch"`` (a
-    PyTorch way, :mod:`benchmarks.torch_ways`) or ``"rfjax_torch"`` (rfjax on the module
-    converted by :func:`converters.from_torch`); ``setup(network_name)`` returns the
+    PyTorch way, :mod:`benchmarks.torch_ways`), ``"rfjax_torch"`` (rfjax on the module
+    converted by :func:`converters.from_torch`) or ``"rfpkg_torch"`` (the package's
+    PyTorch API, :mod:`benchmarks.rfpkg_torch_way`); ``setup(network_name)`` returns the
     zero-argument call that is timed (its result is summarised for the cross-check)."""
 
     kind: str
@@ -153,8 +161,12 @@ WAYS: dict[str, Way] = {
     "rfjax_torch_gradient_maps_dense": Way(
         "rfjax_torch", "rfjax.gradient_maps on from_torch (strategy dense)"
     ),
+    "rfjax_torch_receptive_field": Way("rfjax_torch", "rfjax.receptive_field on from_torch (RF fit, grow)"),
+    "receptivefield_pkg_torch": Way(
+        "rfpkg_torch", "receptivefield 0.5.0 package: PyTorch compute() (3 single cells)"
+    ),
 }
-_TORCH_KINDS = ("torch", "rfjax_torch")
+_TORCH_KINDS = ("torch", "rfjax_torch", "rfpkg_torch")
 # eager Python loops with nothing to compile, minutes per call: timed once (first call only)
 _ONCE = ("torch_per_cell_autograd",)
 # the ways a converted keras.applications model has (the RF fit of those is the zoo sweep's job)
@@ -185,6 +197,10 @@ def _torch_setup(net: Network, way: str) -> Callable[[], Any]:
     from benchmarks import torch_ways
 
     assert net.torch_model is not None
+    if WAYS[way].kind == "rfpkg_torch":
+        from benchmarks import rfpkg_torch_way
+
+        return rfpkg_torch_way.setup(net.input_shape, net.torch_model)
     module = torch_ways.feature_extractor(net.torch_model)
     if WAYS[way].kind == "torch":
         fn = torch_ways.WAYS[way]
@@ -192,6 +208,8 @@ def _torch_setup(net: Network, way: str) -> Callable[[], Any]:
     t0 = time.perf_counter()
     converted = torch_ways.converted(module)
     _EXTRA["conversion_s"] = time.perf_counter() - t0
+    if way == "rfjax_torch_receptive_field":
+        return lambda: torch_ways.rfjax_receptive_field(converted)
     strategy = "dense" if way.endswith("_dense") else "auto"
     return lambda: torch_ways.rfjax_gradient_maps(converted, strategy=strategy)
 
@@ -352,6 +370,14 @@ def run_way(network_name: str, way: str, repeats: int, timeout: float) -> dict:
         env.update(rfpkg_way.LEGACY_ENV)
     else:
         env.pop("TF_USE_LEGACY_KERAS", None)
+    if WAYS[way].kind == "rfpkg_torch":
+        from benchmarks import rfpkg_torch_way  # imports no torch
+
+        path, why = rfpkg_torch_way.import_path()
+        if path is None:
+            return {"skipped": True, "error": why}
+        if path:  # the package only in a --target folder: on the child's path, after the repo
+            env["PYTHONPATH"] = os.pathsep.join([env["PYTHONPATH"], path])
     if way in _ONCE:
         repeats = 0
     cmd = [
@@ -391,7 +417,13 @@ def cross_check(results: dict[str, dict]) -> list[str]:
                 problems.append(
                     f"{w}: support of cell (0, 0) {m['support00']} != {ref_way}'s {ref['support00']}"
                 )
-    rfs = {w: r["check"]["rf"] for w, r in results.items() if "rf" in r.get("check", {})}
+    # a noted RF is known to be of clipped supports (the receptivefield package at an input
+    # smaller than the RF): it is shown with its note, not compared
+    rfs = {
+        w: r["check"]["rf"]
+        for w, r in results.items()
+        if "rf" in r.get("check", {}) and not r["check"]["rf"].get("note")
+    }
     if len(rfs) > 1:
         ref_way, ref = next(iter(rfs.items()))
         for w, rf in rfs.items():
@@ -476,6 +508,16 @@ def markdown(network_name: str, results: dict[str, dict], m: dict, repeats: int,
                 "cells per compute(), not all cells, with linear activations and average pooling; its offset is "
                 "already in rfjax's convention (RF centre of cell (0, 0) in pixel-edge coordinates), "
                 "so no +0.5 is added."
+            ),
+        ]
+    if "check" in results.get("receptivefield_pkg_torch", {}):
+        lines += [
+            "",
+            (
+                "The receptivefield package's PyTorch API (0.5.0) backprops 3 single cells per compute(), not "
+                "all cells, on the module with linear activations (ReLU/ReLU6 -> Identity) and average pooling "
+                "(MaxPool2d -> AvgPool2d), all-zeros input; its answer is (row, col) and its offset already in "
+                "rfjax's convention. An answer with a note (clipped supports) is not cross-checked."
             ),
         ]
     if rf_rows:

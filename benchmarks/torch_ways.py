@@ -18,7 +18,9 @@ over the input channels.
 * :func:`jacobian_vectorize`  -- ``torch.autograd.functional.jacobian(..., vectorize=True)``
   of the channel-summed output grid;
 * :func:`converted` + :func:`rfjax_gradient_maps` -- ``rfjax.gradient_maps`` on the
-  converted module (conversion, torchax's trace at 224 included, is timed separately).
+  converted module (conversion, torchax's trace at 224 included, is timed separately);
+* :func:`rfjax_receptive_field` -- ``rfjax.receptive_field`` on the converted module (the
+  RF fit, ``grow=True``), the answer :mod:`benchmarks.rfpkg_torch_way` is compared with.
 """
 
 from __future__ import annotations
@@ -157,3 +159,14 @@ def rfjax_gradient_maps(model: Any, *, strategy: str = "auto") -> np.ndarray:
         model.apply, x, params=model.params, input_channels="sum", strategy=strategy
     ).values()
     return maps.maps
+
+
+def rfjax_receptive_field(model: Any) -> Any:
+    """``rfjax.receptive_field`` of the converted module's single output (rfjax's own RF
+    preparation: linear activations, average pooling), ``grow=True``: at 224 the RFs of
+    these networks reach past the input, so the fit measures on a larger input with the
+    same padding at every layer and reports the RF of the 224 input."""
+    import rfjax
+
+    (name,) = model.output_names
+    return rfjax.receptive_field(model, grow=True, layer=name)

@@ -1,6 +1,6 @@
 """pytest-benchmark suite: every way on the README network, in one run.
 
-    .venv/bin/pytest benchmarks -p no:randomly --benchmark-enable
+    .venv/bin/pytest benchmarks -n 0 -p no:randomly --benchmark-enable
 
 (pyproject adds ``--benchmark-disable``, under which each way runs once, untimed, as a
 smoke test.) Pedantic mode with one warm-up round, so the timed rounds exclude tracing

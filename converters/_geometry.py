@@ -7,8 +7,12 @@ Padding and cropping shift an RF but do not change its size, so they pass throug
 does every per-pixel layer. Global nodes (global pooling) are left out of the merges
 (the local path's RF, as :meth:`KerasModel.held` measures it).
 
-The bound is exact for chains and for graphs whose paths are centred alike; it is used
-to choose the input size for a measurement in one step instead of growing by doubling.
+The value is exact for chains and for graphs whose paths are centred alike. Where two
+paths are centred differently (asymmetric padding on one branch) the true RF is the
+span of both, wider than the widest path, so the value is then *not* an upper bound;
+it is only used to choose the input size for a measurement in one step instead of
+growing by doubling, and the measurement grows further (and proves its geometry) when
+the RF turns out larger.
 Layers whose geometry it does not know (up-sampling, transposed convolutions,
 reshapes) make every node downstream ``None`` (unknown).
 """

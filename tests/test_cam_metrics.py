@@ -159,6 +159,25 @@ def test_road_imputation_solves_the_neighbour_system_and_adds_the_stated_noise(i
     np.testing.assert_array_equal(noisy[keep > 0], images[keep > 0])
 
 
+def test_road_imputation_reaches_the_direct_solve_on_large_holes():
+    """The iteration cap (5 * side) is enough for holes the size of the image: one piece
+    removed but a 4-pixel strip, a 60x60 hole, and a sparse grid of kept pixels, 64x64."""
+    import jax
+    import jax.numpy as jnp
+
+    side = 64
+    rng = np.random.default_rng(5)
+    imgs = rng.uniform(size=(3, side, side, 3)).astype(np.float32)
+    keep = np.zeros((3, side, side), np.float32)
+    keep[0, :, :4] = 1
+    keep[1] = 1
+    keep[1, 2:62, 2:62] = 0
+    keep[2, ::16, ::16] = 1
+    got = np.asarray(F.impute(jnp.asarray(imgs), jnp.asarray(keep), 0.0, jax.random.PRNGKey(0)))
+    for n in range(3):
+        np.testing.assert_allclose(got[n], _impute_direct(imgs[n], keep[n] > 0), atol=3e-4)
+
+
 def test_road_matches_pytorch_grad_cam_without_noise():
     torch = pytest.importorskip("torch")
     pytest.importorskip("pytorch_grad_cam")

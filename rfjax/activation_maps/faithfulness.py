@@ -152,6 +152,12 @@ def impute(x: jax.Array, keep: jax.Array, noise: float, key: jax.Array) -> jax.A
     """ROAD's noisy linear imputation of ``x (N, H, W, C)`` where ``keep (N, H, W)`` is 0:
     every removed pixel becomes the weighted mean of its in-image neighbours
     (:data:`NEIGHBOURS`), the system solved by Jacobi-preconditioned conjugate gradients,
+    at most ``5 * max(H, W)`` iterations (the condition number of a hole's neighbour system
+    grows like its width squared, so CG needs about that many; measured on 64x64 images
+    with a 60x60 hole, 90 % removed in one piece, and scattered kept pixels, the error
+    against a sparse direct solve stops falling at ``5 * 64`` iterations, at float32's
+    floor, while ``tol=1e-7`` is below what float32 residuals reach, so ``20 * max(H, W)``
+    only ran 4x longer for nothing),
     plus ``noise`` times standard normal noise."""
     hole = (1.0 - keep)[..., None]
     ones = jnp.ones(x.shape[1:3])
@@ -176,7 +182,7 @@ def impute(x: jax.Array, keep: jax.Array, noise: float, key: jax.Array) -> jax.A
         rhs,
         x0=hole * x.mean(axis=(1, 2), keepdims=True),
         tol=1e-7,
-        maxiter=20 * max(x.shape[1:3]),
+        maxiter=5 * max(x.shape[1:3]),
         M=lambda r: r / jnp.where(hole > 0, degree, 1.0),
     )
     filled = u + noise * jax.random.normal(key, x.shape, x.dtype)

@@ -96,7 +96,6 @@ import json
 import os
 import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -111,7 +110,7 @@ ROOT = HERE.parent
 if str(ROOT) not in sys.path:  # run as a script: ``benchmarks`` is importable from the repo root
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.run import header_line, machine, replace_in_readme
+from benchmarks.run import header_line, machine, replace_in_readme, run_child
 
 RESULT_TAG = "CAM-SPEED-RESULT "
 SIZE = 224
@@ -398,17 +397,7 @@ def run_way(method: str, way: str, n: int, repeats: int, args: argparse.Namespac
     cmd += ["--n", str(n), "--repeats", str(repeats), "--work", str(work)]
     cmd += ["--max-memory-gib", str(args.max_memory_gib), "--road-percentiles"]
     cmd += [str(p) for p in args.road_percentiles]
-    try:
-        proc = subprocess.run(
-            cmd, check=False, cwd=ROOT, env=env, capture_output=True, text=True, timeout=args.timeout
-        )
-    except subprocess.TimeoutExpired:
-        return {"error": f"timed out after {args.timeout:.0f} s"}
-    for line in proc.stdout.splitlines():
-        if line.startswith(RESULT_TAG):
-            return json.loads(line[len(RESULT_TAG) :])
-    tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-    return {"error": f"exit {proc.returncode}: {tail[0][:300]}"}
+    return run_child(cmd, env, args.timeout, RESULT_TAG)
 
 
 def per_image(r: dict) -> float | None:

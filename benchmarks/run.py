@@ -389,6 +389,12 @@ def run_way(network_name: str, way: str, repeats: int, timeout: float) -> dict:
         "--repeats",
         str(repeats),
     ]
+    return run_child(cmd, env, timeout, RESULT_TAG)
+
+
+def run_child(cmd: list[str], env: dict, timeout: float, tag: str) -> dict:
+    """Run a benchmark child process; its result is the JSON on the stdout line starting
+    with ``tag``, else ``{"error": ...}`` (timeout, or the last line it printed)."""
     try:
         proc = subprocess.run(
             cmd, check=False, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
@@ -396,8 +402,8 @@ def run_way(network_name: str, way: str, repeats: int, timeout: float) -> dict:
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {timeout:.0f} s"}
     for line in proc.stdout.splitlines():
-        if line.startswith(RESULT_TAG):
-            return json.loads(line[len(RESULT_TAG) :])
+        if line.startswith(tag):
+            return json.loads(line[len(tag) :])
     tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
     return {"error": f"exit {proc.returncode}: {tail[0][:300]}"}
 

@@ -79,6 +79,11 @@ def _inverse(perm: Sequence[int]) -> tuple[int, ...]:
     return tuple(perm.index(d) for d in range(len(perm)))
 
 
+def _stored_axes(spec: Sequence[int]) -> tuple[int, ...]:
+    """Trace axes ``spec`` as the stored axes of a channels-last value."""
+    return tuple(LAST.index(d) for d in spec)
+
+
 def _bind(eqn: Any, params: dict, args: Sequence[Any], perm: tuple[int, ...]) -> list[_Value]:
     outs = eqn.primitive.bind(*args, **params)
     return [_Value(o, perm) for o in (outs if eqn.primitive.multiple_results else [outs])]
@@ -106,7 +111,7 @@ def _conv(eqn: Any, params: dict, ins: list[_Value]) -> list[_Value]:
             params["feature_group_count"],
         )
         return [_Value(y, LAST)]
-    numbers = lax.ConvDimensionNumbers(_inverse_of(lhs), tuple(rhs), _inverse_of(out))
+    numbers = lax.ConvDimensionNumbers(_stored_axes(lhs), tuple(rhs), _stored_axes(out))
     return _bind(eqn, {**params, "dimension_numbers": numbers}, [ins[0].as_last(), ins[1].as_file()], LAST)
 
 
@@ -125,11 +130,6 @@ def _max_pool(params: dict, value: _Value) -> list[_Value] | None:
     return [
         _Value(fast_max_pool(x, (1, window[2], window[3], 1), (1, strides[2], strides[3], 1), "VALID"), LAST)
     ]
-
-
-def _inverse_of(spec: Sequence[int]) -> tuple[int, ...]:
-    """Trace axes ``spec`` as the stored axes of a channels-last value."""
-    return tuple(LAST.index(d) for d in spec)
 
 
 def _per_axis(params: dict, keys: Sequence[str]) -> dict:

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rfjax import memory
+from rfjax import memory, sharding
 from rfjax._types import HW, GradientMaps
 from rfjax.contract import on_clear
 from rfjax.errors import RFCallError, RFError, cause, output_label
@@ -97,18 +97,8 @@ def _forward(fn: Callable, with_params: bool, n_devices: int, fast: bool = False
 
     if n_devices <= 1:
         return _jit(forward, fast)
-    mesh = _mesh(n_devices)
+    mesh = sharding.mesh(n_devices)
     return _jit(forward, fast, out_shardings=jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
-
-
-@functools.lru_cache(maxsize=16)
-def _mesh(n_devices: int) -> jax.sharding.Mesh:
-    return jax.make_mesh(
-        (n_devices,),
-        ("slots",),
-        devices=jax.local_devices()[:n_devices],
-        axis_types=(jax.sharding.AxisType.Auto,),
-    )
 
 
 def output_shapes(
@@ -120,7 +110,7 @@ def output_shapes(
     Returns ``(structure, names, shapes)``; raises :class:`RFError` otherwise.
     """
     try:
-        struct, _ = _forward(fn, params is not None, _device_count(None), fast).eval_shape(params, x)
+        struct, _ = _forward(fn, params is not None, sharding.count(None), fast).eval_shape(params, x)
     except RFError:
         raise
     except Exception as e:  # any failure inside the user's function
@@ -155,7 +145,7 @@ def forward_trace(
     the same size compiles from this trace. Raises :class:`RFCallError` when ``fn``
     fails there."""
     fn = restrict(fn, outputs, params is not None)
-    forward = _forward(fn, params is not None, _device_count(None), fast)
+    forward = _forward(fn, params is not None, sharding.count(None), fast)
     try:
         traced = forward.trace(params, x)
         out, _ = forward.eval_shape(params, x)
@@ -218,15 +208,15 @@ def _program(
     forward = _forward(fn, with_params, n_devices, fast)
     if n_devices <= 1:
         return Program(forward, _jit(backward, fast))
-    mesh = _mesh(n_devices)
+    mesh = sharding.mesh(n_devices)
     spec = jax.sharding.PartitionSpec
 
     def sharded(out, vjp_fn, masks, chans):
         return jax.shard_map(
             backward,
             mesh=mesh,
-            in_specs=(spec(), spec(), spec("slots"), spec()),
-            out_specs=spec("slots"),
+            in_specs=(spec(), spec(), spec(sharding.AXIS), spec()),
+            out_specs=spec(sharding.AXIS),
             check_vma=False,  # the VJP was traced outside the map, with invariant types
         )(out, vjp_fn, masks, chans)
 
@@ -505,7 +495,7 @@ def plan(
     ]
     budget = memory.check_budget(max_memory)
     return Plan(
-        fn, params, xb, names, shapes, selected, chans, input_channels, _device_count(devices), budget
+        fn, params, xb, names, shapes, selected, chans, input_channels, sharding.count(devices), budget
     )
 
 
@@ -621,7 +611,6 @@ def _restricted(fn: Callable, keys: tuple[str, ...], with_params: bool) -> Calla
 
 
 on_clear(_forward.cache_clear)
-on_clear(_mesh.cache_clear)
 on_clear(_program.cache_clear)
 on_clear(_restricted.cache_clear)
 
@@ -637,15 +626,6 @@ def _select_outputs(names: list, outputs: Sequence | None) -> list[int]:
             raise RFError(f"outputs names {o!r}, which fn does not return; fn returns {names}.")
         idx.append(names.index(o))
     return idx
-
-
-def _device_count(devices: int | None) -> int:
-    avail = jax.local_device_count()
-    if devices is None:
-        return avail
-    if not isinstance(devices, int) or not 1 <= devices <= avail:
-        raise RFError(f"devices={devices!r} must be between 1 and the {avail} local device(s).")
-    return devices
 
 
 def _run_many(run: Callable, shapes: list, chans: list, per_output: dict) -> dict:

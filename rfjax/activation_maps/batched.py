@@ -7,7 +7,8 @@ jit-compiled program: ``jax.vmap`` over the perturbation index ``t``, with the i
 unbatched, so whatever does not depend on ``t`` (e.g. the layers before an ablated one) is
 computed once per call. The ``T`` copies are split into equal chunks that fit the memory
 budget (:func:`rfjax.memory.plan_chunks`; the last chunk padded with copies of the last
-index, cut off afterwards).
+index, cut off afterwards), and each chunk is split over the local devices
+(:mod:`rfjax.sharding`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rfjax import memory
+from rfjax import memory, sharding
 from rfjax.activation_maps.inputs import (
     check_classes,
     check_images,
@@ -143,8 +144,11 @@ def check_score(score: str) -> str:
 
 
 @functools.lru_cache(maxsize=64)
-def _program(evaluate: Evaluate, fn: Callable, with_params: bool, yi: int, score: str) -> Callable:
-    """``(params, x, aux, cls (N, k), ts (T,)) -> (T, N, k)`` class scores of ``T`` copies."""
+def _program(
+    evaluate: Evaluate, fn: Callable, with_params: bool, yi: int, score: str, n_devices: int = 1
+) -> Callable:
+    """``(params, x, aux, cls (N, k), ts (T,)) -> (T, N, k)`` class scores of ``T`` copies,
+    ``ts`` split over ``n_devices`` local devices (``T`` a multiple of it)."""
 
     def run(params, x, aux, cls, ts):
         def one(t):
@@ -155,7 +159,7 @@ def _program(evaluate: Evaluate, fn: Callable, with_params: bool, yi: int, score
 
         return jax.vmap(one)(ts)
 
-    return jax.jit(run)
+    return jax.jit(sharding.split(run, n_devices, (False, False, False, False, True)))
 
 
 def perturbed_scores(
@@ -169,18 +173,21 @@ def perturbed_scores(
     max_memory: int | None,
     what: str,
     fix: str,
+    devices: int | None = None,
 ) -> np.ndarray:
     """``(T, N, k)`` scores (``"logit"`` or softmax ``"probability"``) of classes ``cls
     (N, k)`` on the copies ``evaluate(..., t)`` for every ``t`` in ``ts (T,)``, in equal
     chunks of ``ts`` sized by :func:`rfjax.memory.plan_chunks` under ``max_memory`` bytes
-    (default: half the free memory). ``evaluate`` must be a module-level function (the
-    compiled program is cached per function)."""
-    prog = _program(evaluate, s.fn, s.with_params, s.logits_index, score)
+    (default: half the free memory), each chunk split over ``devices`` local devices
+    (default: all; :mod:`rfjax.sharding`). ``evaluate`` must be a module-level function
+    (the compiled program is cached per function)."""
+    ts = np.asarray(ts)
+    n = len(ts)
+    n_devices = sharding.for_items(devices, n)
+    prog = _program(evaluate, s.fn, s.with_params, s.logits_index, score, n_devices)
     budget = memory.check_budget(max_memory)
     given = budget is not None
     budget = budget if given else memory.default_budget()
-    ts = np.asarray(ts)
-    n = len(ts)
     x, cls_j = jnp.asarray(s.x), jnp.asarray(cls, jnp.int32)
     aux = jax.tree.map(jnp.asarray, aux)
 
@@ -192,7 +199,9 @@ def perturbed_scores(
         structs = jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), np.asarray(a).dtype), args)
         return memory.compiled(prog, s.params, *structs)
 
-    size, exe = memory.plan_chunks(compile_for, n, budget, what=what, fix=fix, given=given)
+    size, exe = memory.plan_chunks(
+        compile_for, n, budget, what=what, fix=fix, given=given, multiple=n_devices
+    )
     parts = [np.asarray(exe(s.params, x, aux, cls_j, jnp.asarray(chunk(size, i)))) for i in range(0, n, size)]
     return np.concatenate(parts)[:n]
 

@@ -23,8 +23,9 @@
   percentiles; ``(LeRF - MoRF) / 2`` is ROADCombined.
 
 Every perturbed image is a batch axis of one compiled program per metric, in equal chunks
-under ``max_memory`` (:mod:`rfjax.activation_maps.batched`). Scores are softmax
-probabilities (``score="probability"``, the papers') or logits.
+under ``max_memory``, each chunk sharded over the local devices
+(:mod:`rfjax.activation_maps.batched`). Scores are softmax probabilities
+(``score="probability"``, the papers') or logits.
 """
 
 from __future__ import annotations
@@ -229,6 +230,7 @@ def cam_metrics(
     seed: int = 0,
     score: str = "probability",
     max_memory: int | None = None,
+    devices: int | None = None,
 ) -> CAMMetrics:
     """Average Drop / Increase, Deletion / Insertion AUC and ROAD of ``result``'s maps.
 
@@ -243,6 +245,8 @@ def cam_metrics(
       percentiles, noise, seed: ROAD's percentiles, imputation noise and random seed.
       score: ``"probability"`` (softmax) or ``"logit"``.
       max_memory: bytes one compiled call may take (equal chunks of the perturbed images).
+      devices: local devices the perturbed images are sharded over (default: all;
+        :mod:`rfjax.sharding`).
 
     Returns:
       A :class:`CAMMetrics` (per image; ``.mean()`` for the summary).
@@ -254,7 +258,16 @@ def cam_metrics(
     emap = normalise(np.asarray(result.upsampled[:, which], np.float32))
     n, h, w = emap.shape
     run = lambda ev, aux, ts, what: batched.perturbed_scores(
-        ev, s, aux, cls, ts, score=score, max_memory=max_memory, what=what, fix="pass fewer or smaller images"
+        ev,
+        s,
+        aux,
+        cls,
+        ts,
+        score=score,
+        max_memory=max_memory,
+        what=what,
+        fix="pass fewer or smaller images",
+        devices=devices,
     )[..., 0]
     base = run(_scaled, (np.ones_like(emap),), np.zeros(1, np.int32), "one image")[0]
     scaled = run(_scaled, (emap,), np.zeros(1, np.int32), "one image")[0]

@@ -9,7 +9,9 @@
 4. a method (:mod:`rfjax.activation_maps.methods`) turns ``(A, G)`` into a map ``(N, h, w)``;
 5. the map is placed on the input at each cell's RF centre (:mod:`rfjax.activation_maps.placement`).
 
-Images are split into equal chunks sized by XLA's memory analysis (:mod:`rfjax.memory`).
+Images are split into equal chunks sized by XLA's memory analysis (:mod:`rfjax.memory`), and
+each chunk is sharded over the local devices (:mod:`rfjax.sharding`): the images, or, for
+SmoothGrad and Integrated Gradients, the noisy copies or path points of each image.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rfjax import memory
+from rfjax import memory, sharding
 from rfjax._types import HW, ReceptiveField
 from rfjax.activation_maps import placement as placing
 from rfjax.activation_maps.inputs import (
@@ -55,10 +57,15 @@ def _program(
     k: int,
     given: bool,
     samples: int = 0,
+    image_devices: int = 1,
+    sample_devices: int = 1,
 ) -> Callable:
     """One jit-compiled ``(params, x, classes, keys, offset, stride, noise) -> dict`` per
     configuration. ``layer < 0`` explains the input (:data:`INPUT_METHODS`); ``samples``
-    is the path length of integrated gradients or the number of SmoothGrad copies."""
+    is the path length of integrated gradients or the number of SmoothGrad copies. The
+    images are split over ``image_devices`` local devices, the samples of each image over
+    ``sample_devices`` (one of the two is 1). Every output has the images' leading axis
+    (the head checks are ``(1,)`` per device, maxima taken on the host)."""
     weigh = lookup_method(method)
     explain = _explainer(fn, with_params, layer, logits)
 
@@ -67,10 +74,14 @@ def _program(
         n_classes = y.shape[-1]
         cls = classes if given else jax.lax.top_k(y, k)[1]
         if method == "integrated_gradients":
-            g = path_mean(lambda xs: grads(explain(params, xs)[1], cls, n_classes), x, samples)
+            g = path_mean(
+                lambda xs: grads(explain(params, xs)[1], cls, n_classes), x, samples, sample_devices
+            )
             maps = weigh_all(weigh, a, g)
         elif samples:
-            g, maps = smoothed(explain, weigh, params, x, cls, n_classes, keys, noise, samples, method)
+            g, maps = smoothed(
+                explain, weigh, params, x, cls, n_classes, keys, noise, samples, method, sample_devices
+            )
         else:
             g = grads(vjp, cls, n_classes)  # (k, N, h, w, K)
             maps = weigh_all(weigh, a, g)
@@ -80,17 +91,18 @@ def _program(
             "upsampled": maps if layer < 0 else placing.place_jax(maps, x.shape[1:3], offset, stride),
             "classes": cls,
             "probabilities": jnp.take_along_axis(jax.nn.softmax(y, axis=-1), cls, axis=1),
-            "grad_abs": jnp.abs(g).max(),
-            "logit_rows": jnp.any(~row_is_p).astype(jnp.float32),
+            "grad_abs": jnp.abs(g).max()[None],
+            "logit_rows": jnp.any(~row_is_p).astype(jnp.float32)[None],
         }
         if method == "cam":
             # GAP + dense: the gradient is the same at every cell and does not depend on A.
             g = grads(vjp, cls, n_classes)
-            out["spatial"] = jnp.abs(g - g.mean(axis=(2, 3), keepdims=True)).max()
-            out["affine"] = jnp.abs(grads(explain(params, x, -a)[1], cls, n_classes) - g).max()
+            out["spatial"] = jnp.abs(g - g.mean(axis=(2, 3), keepdims=True)).max()[None]
+            out["affine"] = jnp.abs(grads(explain(params, x, -a)[1], cls, n_classes) - g).max()[None]
         return out
 
-    return jax.jit(run)
+    # params, x, classes, keys: split; offset, stride, noise: replicated
+    return jax.jit(sharding.split(run, image_devices, (False, True, True, True, False, False, False)))
 
 
 def _explainer(fn: Callable, with_params: bool, layer: int, logits: int) -> Callable:
@@ -137,10 +149,12 @@ def _run_chunked(
     shared: tuple,
     max_memory: int | None,
     what: str,
+    multiple: int = 1,
 ) -> dict[str, np.ndarray]:
-    """Run the CAM program over equal chunks of images sized by :mod:`rfjax.memory`
-    (the last chunk padded with copies of the last image, cut off afterwards); per-image
-    outputs are concatenated, the head checks (``grad_abs``, ...) are maxima."""
+    """Run the CAM program over equal chunks of images sized by :mod:`rfjax.memory`, a
+    ``multiple`` of the devices the images are split over (the last chunk padded with
+    copies of the last image, cut off afterwards); per-image outputs are concatenated, the
+    head checks (``grad_abs``, ...) are maxima."""
     budget = memory.check_budget(max_memory)
     given = budget is not None
     budget = budget if given else memory.default_budget()
@@ -165,10 +179,11 @@ def _run_chunked(
         fix="explain fewer classes (top_k= or classes=), pass smaller images or explain an earlier layer "
         "(the images are split into chunks, the classes of one image are not)",
         given=given,
+        multiple=multiple,
     )
     parts = [jax.device_get(exe(*args(size, start))) for start in range(0, n, size)]
     out = {k: np.concatenate([p[k] for p in parts])[:n] for k in _BATCHED}
-    out.update({k: max(float(p[k]) for p in parts) for k in parts[0] if k not in _BATCHED})
+    out.update({k: max(float(np.max(p[k])) for p in parts) for k in parts[0] if k not in _BATCHED})
     return out
 
 
@@ -189,6 +204,7 @@ def class_activation_maps(
     noise: float = 0.2,
     key: Any = 0,
     steps: int = 32,
+    devices: int | None = None,
 ) -> CAMResult:
     """Class activation maps of ``images`` with any registered method, in one compiled program.
 
@@ -227,6 +243,9 @@ def class_activation_maps(
       noise: SmoothGrad's noise standard deviation as a fraction of each image's range.
       key: SmoothGrad's PRNG seed (an int) or ``jax.random`` key: same key, same maps.
       steps: integrated gradients' path points (one batch axis of the program).
+      devices: number of local devices to shard over (default: all): the images of each
+        chunk, or with ``smooth`` or integrated gradients each image's noisy copies or path
+        points (:mod:`rfjax.sharding`). The maps do not depend on it.
 
     Returns:
       A :class:`CAMResult`.
@@ -252,11 +271,15 @@ def class_activation_maps(
         used, offset, stride, used_rf = placing.choose(
             placement, rf, lambda: placing.layer_rf(fn, params, li, x.shape[1:], layer, model), hw, grid
         )
-    prog = _program(fn, params is not None, li, yi, method, k, cls is not None, samples)
+    sample_devices = sharding.for_items(devices, samples) if samples else 1
+    image_devices = 1 if sample_devices > 1 else sharding.for_items(devices, x.shape[0])
+    prog = _program(
+        fn, params is not None, li, yi, method, k, cls is not None, samples, image_devices, sample_devices
+    )
     keys = np.asarray(jax.random.split(prng_key(key), x.shape[0])) if smooth else None
     shared = (np.asarray(offset, np.float32), np.asarray(stride, np.float32), np.float32(noise))
     what = "one image" if k == 1 else f"one image with {k} classes"
-    out = _run_chunked(prog, params, x, cls, keys, shared, max_memory, what)
+    out = _run_chunked(prog, params, x, cls, keys, shared, max_memory, what, image_devices)
     _check_outputs(out, method, "the input" if on_input else f"layer {layer!r}", layer, logits, n_classes)
     return CAMResult(
         maps=np.asarray(out["maps"]),

@@ -9,6 +9,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from rfjax import sharding
+
 
 def grads(vjp: Callable, cls: jax.Array, n_classes: int) -> jax.Array:
     """``(k, N, ...)``: the VJP of each explained class (``cls (N, k)``), one ``jax.vmap``."""
@@ -21,11 +23,12 @@ def weigh_all(weigh: Callable, a: jax.Array, g: jax.Array) -> jax.Array:
     return jnp.moveaxis(jax.vmap(lambda gj: weigh(a, gj))(g), 0, 1)
 
 
-def path_mean(grads_at: Callable, x: jax.Array, steps: int) -> jax.Array:
+def path_mean(grads_at: Callable, x: jax.Array, steps: int, n_devices: int = 1) -> jax.Array:
     """Integrated gradients' path average: the mean of ``grads_at((s / m) x)`` over
-    ``s = 1..m`` (black baseline, right Riemann sum), the ``m`` points one vmapped batch."""
+    ``s = 1..m`` (black baseline, right Riemann sum), the ``m`` points one vmapped batch
+    split over ``n_devices`` local devices (:func:`rfjax.sharding.mean_over`)."""
     alphas = jnp.arange(1, steps + 1, dtype=jnp.float32) / steps
-    return jax.vmap(lambda t: grads_at(t * x))(alphas).mean(axis=0)
+    return sharding.mean_over(lambda t: grads_at(t * x), alphas, n_devices)
 
 
 def smoothed(
@@ -39,13 +42,16 @@ def smoothed(
     noise: jax.Array,
     samples: int,
     method: str,
+    n_devices: int = 1,
 ) -> tuple[jax.Array, jax.Array]:
     """SmoothGrad (Smilkov et al., "SmoothGrad: removing noise by adding noise", 2017):
     ``samples`` copies of each image plus Gaussian noise of standard deviation
     ``noise * (max(x_n) - min(x_n))`` (the image's range, as tf-keras-vis), drawn from the
-    image's own key (``keys (N, 2)``: the same noise whatever the chunking), one vmapped
-    batch. Saliency averages ``|G|`` over the copies before its channel maximum (as
-    tf-keras-vis); every other method averages its maps. Returns ``(mean |G|, maps)``."""
+    image's own key (``keys (N, 2)``: the same noise whatever the chunking or the devices),
+    one vmapped batch split over ``n_devices`` local devices
+    (:func:`rfjax.sharding.mean_over`). Saliency averages ``|G|`` over the copies before its
+    channel maximum (as tf-keras-vis); every other method averages its maps. Returns
+    ``(mean |G|, maps)``."""
     span = x.max(axis=(1, 2, 3)) - x.min(axis=(1, 2, 3))
     eps = jax.vmap(lambda key: jax.random.normal(key, (samples,) + x.shape[1:]))(keys)
     copies = jnp.moveaxis(x[:, None] + (noise * span)[:, None, None, None, None] * eps, 1, 0)
@@ -55,5 +61,5 @@ def smoothed(
         g = grads(vjp, cls, n_classes)
         return jnp.abs(g), (jnp.zeros(()) if method == "saliency" else weigh_all(weigh, a, g))
 
-    g, maps = jax.tree.map(lambda v: v.mean(axis=0), jax.vmap(one)(copies))
+    g, maps = sharding.mean_over(one, copies, n_devices)
     return g, (weigh_all(weigh, x, g) if method == "saliency" else maps)

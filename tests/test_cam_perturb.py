@@ -222,6 +222,29 @@ def _equations(jaxpr):
                 yield from _equations(inner)
 
 
+def _moved(x, flip, dy, dx):
+    """``x`` flipped left-right (``flip``), then moved down ``dy`` and right ``dx`` pixels,
+    edge pixels repeated: a plain loop over pixels."""
+    x = x[:, :, ::-1] if flip else x
+    h, w = x.shape[1:3]
+    out = np.zeros_like(x)
+    for i in range(h):
+        for j in range(w):
+            out[:, i, j] = x[:, min(max(i - dy, 0), h - 1), min(max(j - dx, 0), w - 1)]
+    return out
+
+
+def _moved_back(m, dy, dx, flip):
+    """Maps ``(..., h, w)`` of a moved copy taken back (a loop over cells), and the cells seen."""
+    h, w = m.shape[-2:]
+    back, seen = np.zeros_like(m), np.zeros((h, w))
+    for i in range(h):
+        for j in range(w):
+            if 0 <= i + dy < h and 0 <= j + dx < w:
+                back[..., i, j], seen[i, j] = m[..., i + dy, j + dx], 1
+    return (back[..., ::-1], seen[:, ::-1]) if flip else (back, seen)
+
+
 def test_augmentation_smoothing_averages_undone_maps_of_flipped_and_shifted_copies(gap_model, images):
     model = converters.from_keras(gap_model, outputs=["feat", "scores"])
     kw = {"layer": "feat", "logits": "scores", "placement": "resize"}
@@ -231,19 +254,8 @@ def test_augmentation_smoothing_averages_undone_maps_of_flipped_and_shifted_copi
     total, count = np.zeros_like(base.upsampled), np.zeros((24, 24))
     for flip in (False, True):
         for dy, dx in shifts:
-            x = images[:, :, ::-1] if flip else images
-            moved = np.zeros_like(x)
-            for i in range(24):
-                for j in range(24):
-                    moved[:, i, j] = x[:, min(max(i - dy, 0), 23), min(max(j - dx, 0), 23)]
-            m = rfjax.grad_cam(model, moved, classes=base.classes, **kw).upsampled
-            back, seen = np.zeros_like(m), np.zeros((24, 24))
-            for i in range(24):
-                for j in range(24):
-                    if 0 <= i + dy < 24 and 0 <= j + dx < 24:
-                        back[..., i, j], seen[i, j] = m[..., i + dy, j + dx], 1
-            if flip:
-                back, seen = back[..., ::-1], seen[:, ::-1]
+            m = rfjax.grad_cam(model, _moved(images, flip, dy, dx), classes=base.classes, **kw).upsampled
+            back, seen = _moved_back(m, dy, dx, flip)
             total, count = total + back, count + seen
     np.testing.assert_allclose(r.upsampled, total / count, rtol=1e-5, atol=1e-6 * np.abs(total).max())
     np.testing.assert_array_equal(r.classes, base.classes)
@@ -252,6 +264,38 @@ def test_augmentation_smoothing_averages_undone_maps_of_flipped_and_shifted_copi
     np.testing.assert_allclose(
         sc.upsampled, rfjax.ablation_cam(model, images, **kw).upsampled, rtol=1e-5, atol=1e-6
     )
+
+
+def test_augmentation_smoothing_averages_feature_maps_of_whole_cell_shifts_and_every_probability(
+    gap_model, images
+):
+    """``maps`` average the copies whose shift is a whole number of cells (the RF stride is
+    2 here), flipped ones too (the cell centres 4 + 2 i are mirror-symmetric on 24 pixels);
+    ``probabilities`` average every copy's softmax, from Keras' own logits."""
+    model = converters.from_keras(gap_model, outputs=["feat", "scores"])
+    kw = {"layer": "feat", "logits": "scores", "placement": "rf"}
+    shifts = [(0, 0), (2, 0), (0, -4), (3, 0), (1, 2)]
+    r = rfjax.augmentation_smoothing(model, images, method="grad_cam", shifts=shifts, top_k=2, **kw)
+    # conv 3 -> pool 2 -> conv 3, all valid: cell 0 of 'feat' is centred on pixel 4, stride 2
+    assert r.placement == "rf" and tuple(r.offset) == (4.0, 4.0) and tuple(r.stride) == (2.0, 2.0)
+    total, count, probabilities = np.zeros_like(r.maps), np.zeros((9, 9)), []
+    for flip in (False, True):
+        for dy, dx in shifts:
+            x = _moved(images, flip, dy, dx)
+            probabilities.append(np.take_along_axis(_softmax(_logits(gap_model, x)), r.classes, axis=1))
+            if dy % 2 == 0 and dx % 2 == 0:
+                m = rfjax.grad_cam(model, x, classes=r.classes, **kw).maps
+                back, seen = _moved_back(m, dy // 2, dx // 2, flip)
+                total, count = total + back, count + seen
+    assert count.max() == 6  # three whole-cell shifts, each flipped and not
+    np.testing.assert_allclose(r.maps, total / count, rtol=1e-5, atol=1e-6 * np.abs(total).max())
+    np.testing.assert_allclose(r.probabilities, np.mean(probabilities, axis=0), rtol=1e-4, atol=1e-6)
+    # input methods: stride 1, every copy is undone exactly, so the maps are the placed maps
+    s = rfjax.augmentation_smoothing(
+        model, images, method="saliency", shifts=[(0, 0), (1, -3)], logits="scores"
+    )
+    np.testing.assert_allclose(s.maps, s.upsampled, rtol=1e-6)
+    assert np.abs(s.maps - rfjax.saliency(model, images, logits="scores").maps).max() > 1e-3 * s.maps.max()
 
 
 def test_perturbation_methods_refuse_bad_input_in_one_sentence(gap_model, images):

@@ -11,7 +11,8 @@
   ``relu(sum_k w_k A_k)``. Only the network after the layer is re-run (see
   :func:`ablation_cam`), and an affine head (e.g. GAP + dense) takes a closed form.
 * Test-time augmentation smoothing (:func:`augmentation_smoothing`): flips and small shifts,
-  undone on the placed maps before averaging.
+  undone on the placed maps (and on the feature-resolution maps where a shift is a whole
+  number of strides) before averaging.
 
 Every perturbed copy is a batch axis of one jit-compiled program, split into equal chunks
 under ``max_memory`` by :mod:`rfjax.memory` (:mod:`rfjax.activation_maps.batched`).
@@ -35,7 +36,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -147,6 +148,7 @@ def score_cam(
     weighting: str = "softmax",
     masks: str = "placement",
     max_memory: int | None = None,
+    devices: int | None = None,
 ) -> CAMResult:
     """Score-CAM (Wang et al. 2020); Faster-Score-CAM with ``channels=N``.
 
@@ -162,6 +164,8 @@ def score_cam(
     Args:
       channels: Faster-Score-CAM: only each image's ``channels`` channels of largest spatial
         variance (``None``: all).
+      devices: local devices the masked images are sharded over (default: all;
+        :mod:`rfjax.sharding`).
       Other arguments as in :func:`rfjax.class_activation_maps`.
 
     Returns:
@@ -188,6 +192,7 @@ def score_cam(
         max_memory=max_memory,
         what="one masked image per input image",
         fix="pass fewer images or Faster-Score-CAM's channels=",
+        devices=devices,
     )  # (K', N, k)
     w = np.moveaxis(scores, 0, -1).astype(np.float64)  # (N, k, K')
     if weighting == "softmax":
@@ -246,6 +251,7 @@ def ablation_cam(
     rf: ReceptiveField | None = None,
     closed_form: bool | None = None,
     max_memory: int | None = None,
+    devices: int | None = None,
 ) -> CAMResult:
     """Ablation-CAM (Desai & Ramaswamy 2020): ``w_k = (y_c - y_c^(k)) / y_c``, map
     ``relu(sum_k w_k A_k)``, with ``y_c^(k)`` the logit of class ``c`` when channel ``k`` of
@@ -270,6 +276,8 @@ def ablation_cam(
       closed_form: ``None`` (default): the closed form where the head is affine, brute
         force otherwise; ``True``: the closed form, :class:`RFError` when the head is not
         affine; ``False``: brute force.
+      devices: local devices the brute-force ablations are sharded over (default: all;
+        :mod:`rfjax.sharding`).
       Other arguments as in :func:`rfjax.class_activation_maps`.
     """
     if closed_form not in (None, True, False):
@@ -305,6 +313,7 @@ def ablation_cam(
             max_memory=max_memory,
             what="one ablated channel",
             fix="pass fewer images or explain a layer with fewer channels",
+            devices=devices,
         )  # (K, N, k)
         drops = y_c[..., None] - np.moveaxis(ablated, 0, -1).astype(np.float64)
     safe = np.where(y_c == 0, np.finfo(np.float32).tiny, y_c)[..., None]
@@ -333,8 +342,9 @@ def shift_images(x: np.ndarray, dy: int, dx: int) -> np.ndarray:
 
 
 def _undo(maps: np.ndarray, dy: int, dx: int, flipped: bool) -> tuple[np.ndarray, np.ndarray]:
-    """``(maps, valid)`` of maps ``(N, k, H, W)`` of shifted (after an optional flip) images
-    taken back to the original frame; ``valid (H, W)`` marks pixels the shifted image saw."""
+    """``(maps, valid)`` of maps ``(..., h, w)`` of shifted (after an optional flip) images
+    taken back to the original frame, ``dy`` and ``dx`` in rows and columns of the maps;
+    ``valid (h, w)`` marks the cells the shifted image saw."""
     h, w = maps.shape[-2:]
     rows, cols = np.arange(h) + dy, np.arange(w) + dx
     ok = ((rows >= 0) & (rows < h))[:, None] & ((cols >= 0) & (cols < w))[None, :]
@@ -342,6 +352,34 @@ def _undo(maps: np.ndarray, dy: int, dx: int, flipped: bool) -> tuple[np.ndarray
     if flipped:
         back, ok = back[..., ::-1], ok[:, ::-1]
     return back * ok, ok.astype(np.float32)
+
+
+class _Augmentation(NamedTuple):
+    """A horizontal flip (first) and a shift ``(dy, dx)`` in pixels (then)."""
+
+    flip: bool
+    dy: int
+    dx: int
+
+
+_IDENTITY = _Augmentation(False, 0, 0)
+
+
+def _in_cells(aug: _Augmentation, r: CAMResult) -> tuple[int, int] | None:
+    """The shift of ``aug`` in feature cells, ``None`` when it cannot be undone exactly at
+    feature resolution: a shift that is not a whole number of strides, or a flip whose
+    mirror image of the cell centres ``offset + i * stride`` is not the centres themselves
+    (``2 offset + (w - 1) stride != W``)."""
+    w, fw = r.input_shape.w, r.maps.shape[-1]
+    cells = []
+    for d, stride in ((aug.dy, r.stride.h), (aug.dx, r.stride.w)):
+        m = d / stride
+        if abs(m - round(m)) > 1e-6:
+            return None
+        cells.append(round(m))
+    if aug.flip and abs(2 * r.offset.w + (fw - 1) * r.stride.w - w) > 1e-6 * w:
+        return None
+    return cells[0], cells[1]
 
 
 def augmentation_smoothing(
@@ -355,43 +393,80 @@ def augmentation_smoothing(
     top_k: int = 1,
     **kwargs: Any,
 ) -> CAMResult:
-    """Test-time augmentation smoothing: the mean of ``method``'s placed maps over
-    horizontally flipped (``flip``) and shifted copies of the images, each undone first.
+    """Test-time augmentation smoothing: ``method``'s results averaged over horizontally
+    flipped (``flip``) and shifted copies of the images, each copy's maps undone first.
 
     A shift ``(dy, dx)`` moves the image down/right by that many pixels (edge pixels fill
-    the border); its map is moved back, and each pixel averages only the copies that saw
-    it. The classes are those of the original images (``classes`` or their ``top_k``) for
-    every copy. All copies run as one batch of ``method`` (``"score_cam"``,
+    the border) after the optional flip; its maps are moved back and unflipped, and each
+    pixel (cell) averages only the copies that saw it. The classes are those of the
+    original images (``classes`` or their ``top_k``) for every copy. The copies other than
+    the original images run as one batch of ``method`` (``"score_cam"``,
     ``"faster_score_cam"``, ``"ablation_cam"`` or a method of
-    :func:`rfjax.class_activation_maps`).
+    :func:`rfjax.class_activation_maps`); keyword arguments (``layer``, ``placement``,
+    ``max_memory``, ``devices``, ...) go to it.
 
     Returns:
-      The :class:`CAMResult` of the original images with ``upsampled`` replaced by the
-      smoothed ``(N, k, H, W)`` maps and ``method`` ``"<method>+tta"`` (``maps`` stay those
-      of the original images: a shift by a fraction of the stride cannot be undone at
-      feature resolution).
+      The :class:`CAMResult` of the original images with ``method`` ``"<method>+tta"`` and
+
+      * ``upsampled``: the mean over every copy of its placed maps, undone pixel by pixel;
+      * ``probabilities``: the mean over every copy of its softmax at the classes (the
+        test-time-augmented class probability);
+      * ``maps``: the mean over the copies whose augmentation is undone exactly at feature
+        resolution, undone cell by cell: shifts by whole multiples of the placement's
+        ``stride``, and flips only where the cell centres are mirror-symmetric
+        (``2 offset + (w - 1) stride == W``, e.g. every ``placement="resize"``); other
+        shifts move the map by a fraction of a cell, which only the placed maps can undo.
+        When no copy is exact, the original images' maps. Input methods (saliency, ...)
+        have stride 1, so every copy counts and ``maps`` equals ``upsampled``.
+
+      ``classes``, ``placement``, ``offset``, ``stride``, ``rf`` and the shapes are the
+      original images' (the same for every copy).
     """
     run = _PERTURBATION_METHODS.get(method) or functools.partial(class_activation_maps, method=method)
     moves = [(int(dy), int(dx)) for dy, dx in np.asarray(shifts, dtype=int).reshape(-1, 2)]
     if not moves:
         raise RFError("shifts is empty; pass at least one (dy, dx) shift, e.g. shifts=[(0, 0)].")
-    base = run(model, images, classes=classes, top_k=top_k, **kwargs)
     x = check_images(images)
     h, w = x.shape[1:3]
     if any(abs(dy) >= h or abs(dx) >= w for dy, dx in moves):
         raise RFError(
             f"shifts {moves} move images of size {(h, w)} out of view; pass shifts smaller than the image."
         )
-    augs = [(f, dy, dx) for f in ((False, True) if flip else (False,)) for dy, dx in moves]
-    copies = np.concatenate([shift_images(x[:, :, ::-1] if f else x, dy, dx) for f, dy, dx in augs])
-    every = run(model, copies, classes=np.tile(base.classes, (len(augs), 1)), **kwargs)
-    total = np.zeros_like(base.upsampled)
-    count = np.zeros((h, w), np.float32)
-    for i, (f, dy, dx) in enumerate(augs):
-        part, ok = _undo(every.upsampled[i * len(x) : (i + 1) * len(x)], dy, dx, f)
-        total += part
-        count += ok
-    return dataclasses.replace(base, upsampled=total / np.maximum(count, 1.0), method=f"{base.method}+tta")
+    base = run(model, images, classes=classes, top_k=top_k, **kwargs)
+    augs = [_Augmentation(f, dy, dx) for f in ((False, True) if flip else (False,)) for dy, dx in moves]
+    others = [a for a in augs if a != _IDENTITY]
+    results = {_IDENTITY: base}
+    if others:
+        copies = np.concatenate([shift_images(x[:, :, ::-1] if a.flip else x, a.dy, a.dx) for a in others])
+        every = run(model, copies, classes=np.tile(base.classes, (len(others), 1)), **kwargs)
+        n = len(x)
+        for i, a in enumerate(others):
+            rows = slice(i * n, (i + 1) * n)
+            results[a] = dataclasses.replace(
+                every,
+                maps=every.maps[rows],
+                upsampled=every.upsampled[rows],
+                probabilities=every.probabilities[rows],
+            )
+    up, up_count = np.zeros_like(base.upsampled), np.zeros((h, w), np.float32)
+    maps, maps_count = np.zeros_like(base.maps), np.zeros(base.maps.shape[-2:], np.float32)
+    exact = 0
+    for a in augs:
+        r = results[a]
+        back, seen = _undo(r.upsampled, a.dy, a.dx, a.flip)
+        up, up_count = up + back, up_count + seen
+        cells = _in_cells(a, base)
+        if cells is not None:
+            back, seen = _undo(r.maps, *cells, a.flip)
+            maps, maps_count, exact = maps + back, maps_count + seen, exact + 1
+    probabilities = np.mean([results[a].probabilities for a in augs], axis=0).astype(np.float32)
+    return dataclasses.replace(
+        base,
+        maps=maps / np.maximum(maps_count, 1.0) if exact else base.maps,
+        upsampled=up / np.maximum(up_count, 1.0),
+        probabilities=probabilities,
+        method=f"{base.method}+tta",
+    )
 
 
 on_clear(_drops_program.cache_clear)

@@ -6,7 +6,8 @@ pipeline (:mod:`rfjax.activation_maps.pipeline`) computes ``A`` and ``G`` once f
 
 * CAM (Zhou et al., "Learning Deep Features for Discriminative Localization", CVPR 2016).
 * Grad-CAM (Selvaraju et al., ICCV 2017).
-* Grad-CAM++ (Chattopadhay et al., WACV 2018).
+* Grad-CAM++ (Chattopadhay et al., WACV 2018), and the variant with normalised alphas of
+  tf-keras-vis.
 * Layer-CAM (Jiang et al., TIP 2021).
 * HiResCAM (Draelos & Carin 2020), XGrad-CAM (Fu et al., BMVC 2020), Eigen-CAM (Muhammad &
   Yeasin, IJCNN 2020) and Eigen-Grad-CAM.
@@ -82,12 +83,32 @@ def _grad_cam(a: jax.Array, g: jax.Array) -> jax.Array:
     return jax.nn.relu(jnp.einsum("nijk,nk->nij", a, g.mean(axis=(1, 2))))
 
 
-@variant("grad_cam_plus_plus")
-def _grad_cam_plus_plus(a: jax.Array, g: jax.Array) -> jax.Array:
+def _alphas(a: jax.Array, g: jax.Array) -> jax.Array:
+    """Grad-CAM++'s ``alpha = G**2 / (2 G**2 + sum_ij(A) G**3)`` (0 where the denominator
+    is), the closed form for an exponential class score (Chattopadhay et al.)."""
     g2 = g * g
     denom = 2.0 * g2 + a.sum(axis=(1, 2), keepdims=True) * g2 * g
-    alpha = g2 / jnp.where(denom != 0, denom, 1.0)
-    weights = (alpha * jax.nn.relu(g)).sum(axis=(1, 2))
+    return g2 / jnp.where(denom != 0, denom, 1.0)
+
+
+@variant("grad_cam_plus_plus")
+def _grad_cam_plus_plus(a: jax.Array, g: jax.Array) -> jax.Array:
+    """Grad-CAM++: weights ``sum_ij(alpha * relu(G))`` (pytorch-grad-cam's form; the paper's
+    ``exp(y_c)`` factor of the derivatives is left out, a positive scale per map)."""
+    weights = (_alphas(a, g) * jax.nn.relu(g)).sum(axis=(1, 2))
+    return jax.nn.relu(jnp.einsum("nijk,nk->nij", a, weights))
+
+
+@variant("grad_cam_plus_plus_normalised")
+def _grad_cam_plus_plus_normalised(a: jax.Array, g: jax.Array) -> jax.Array:
+    """Grad-CAM++ with each channel's alphas divided by their spatial sum (``alpha /
+    sum_ij(alpha)``, a sum of 0 left as is) before weighing ``relu(G)``: tf-keras-vis 0.8's
+    ``GradcamPlusPlus``, whose maps are these times ``exp(y_c)`` (it keeps the paper's
+    exponential score in the derivatives). The normalisation changes the channel weights
+    relative to each other, so the map is not a rescaled :func:`grad_cam_plus_plus`."""
+    alpha = _alphas(a, g)
+    total = alpha.sum(axis=(1, 2), keepdims=True)
+    weights = (alpha / jnp.where(total != 0, total, 1.0) * jax.nn.relu(g)).sum(axis=(1, 2))
     return jax.nn.relu(jnp.einsum("nijk,nk->nij", a, weights))
 
 
